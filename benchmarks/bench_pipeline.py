@@ -14,7 +14,8 @@ Pipelines, built with `keras_resnet.data.make_pipelines` exactly as training doe
                every image (cache=False, the ImageNet-scale case) and cached.
 
 Training throughput comes from --train-img-s, else it is measured briefly with
-`bench_models.measure` (ResNet-20 at 32 px, ResNet-50 at 224 px, mixed_bfloat16).
+`bench_models.measure` (ResNet-20 at 32 px, ResNet-50 at 224 px) in the precision
+`precision="auto"` would train with here (bf16 only where the CPU has bf16 instructions).
 Each pipeline figure is the images delivered per second by one iterator over
 `--seconds` after a short warm-up, on all cores; on a machine shared with other
 jobs it is a lower bound.
@@ -115,7 +116,10 @@ def bench_jpeg224(seconds, quick):
 
 def training_throughput(given, quick):
     """`{"resnet20": img/s, "resnet50": img/s}` from --train-img-s, else measured briefly."""
+    from keras_resnet.distribute import resolve_precision
+
     out = dict(given)
+    precision = resolve_precision("auto")
     models = {"resnet20": "keras_resnet resnet20", "resnet50": "keras_resnet resnet50"}
     for key, name in models.items():
         if key in out:
@@ -124,9 +128,10 @@ def training_throughput(given, quick):
             continue  # a minute of compile + steps; pass --train-img-s resnet50=N instead
         from bench_models import measure
 
-        result = measure(name, "mixed_bfloat16", batch=32 if key == "resnet50" else 128,
+        result = measure(name, precision, batch=32 if key == "resnet50" else 128,
                          train_steps=2, repeats=1)
         out[key] = result["train_img_s"]
+        out[f"{key}_measured_precision"] = precision
     return out
 
 
@@ -173,6 +178,8 @@ def main(argv=None):
     print("| --- | ---: | --- | ---: | ---: | --- |")
     for label, img_s, model in rows:
         train_img_s = training.get(model)
+        if train_img_s is not None and f"{model}_measured_precision" in training:
+            model = f"{model} ({training[model + '_measured_precision']}, measured)"
         ratio = img_s / train_img_s if train_img_s else None
         ratios[label] = round(ratio, 1) if ratio else None
         print(f"| {label} | {img_s:,.0f} | {model} | {train_img_s or 'n/a'} | "

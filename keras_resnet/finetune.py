@@ -251,13 +251,26 @@ def replace_head(model, num_classes, classifier_activation="softmax", dropout_ra
     return keras.Model(model.inputs, x, name=name or model.name)
 
 
-def load_backbone(model, source):
-    """Copies every matching weight from `source` (path, model or "imagenet"), head excluded
-    when its shape differs. Returns the ported layer names."""
+def load_backbone(model, source, include_head=False):
+    """Copies every matching backbone weight from `source` into `model`.
+
+    Args:
+        model: The keras_resnet model to fill (typically with a new `num_classes`).
+        source: A `.keras` or `.weights.h5` path, a `keras.Model`, or `"imagenet"`.
+        include_head: Also copy the classifier (`predictions`) when its shape
+            matches. Off by default: a fine-tune to new classes wants a freshly
+            initialised head, not one trained to recognise the old classes
+            (which, with the same class count, would otherwise be copied
+            silently).
+
+    Returns:
+        The names of the layers whose weights were copied.
+    """
     from keras_resnet.weights import port_weights
 
+    exclude = () if include_head else ("predictions",)
     if isinstance(source, keras.Model):
-        return port_weights(source, model)
+        return port_weights(source, model, exclude=exclude)
     if source == "imagenet":
         from keras_resnet.weights import _APPLICATIONS
 
@@ -268,13 +281,20 @@ def load_backbone(model, source):
             raise ValueError(f"No ImageNet weights for model {model.name!r}. Use resnet50_v1, "
                              "resnet101_v1, resnet152_v1 or their _v2 forms.")
         app = getattr(keras.applications, app_name)(weights="imagenet", include_top=True)
-        return port_weights(app, model)
+        return port_weights(app, model, exclude=exclude)
     source = str(source)
     if source.endswith(".keras"):
-        return port_weights(keras.saving.load_model(source, compile=False), model)
+        return port_weights(keras.saving.load_model(source, compile=False), model, exclude=exclude)
     if source.endswith(".weights.h5"):
+        # A weights file holds the whole model: load it all, then put the fresh head back.
+        head = [l for l in model.layers if l.name == "predictions" and l.weights]
+        fresh = [l.get_weights() for l in head]
         model.load_weights(source)
-        return [layer.name for layer in model.layers if layer.weights]
+        if not include_head:
+            for layer, values in zip(head, fresh):
+                layer.set_weights(values)
+        return [layer.name for layer in model.layers
+                if layer.weights and (include_head or layer.name != "predictions")]
     raise ValueError(f"`weights` must be 'imagenet', a .keras or a .weights.h5 path. Received: weights={source!r}")
 
 

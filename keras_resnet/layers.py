@@ -142,6 +142,8 @@ class ResidualBlock(layers.Layer):
             gives convolutions a bias (the plain conv-ReLU-conv-Add-ReLU block).
         zero_init_last_bn: Initialise the last BatchNorm gamma of the residual
             branch to zero, so each block starts as the identity (Goyal et al.).
+            Pre-activation blocks end in a convolution, not a BatchNorm: there
+            the last convolution's kernel starts at zero (as timm does).
         se_ratio: Squeeze-and-excitation hidden ratio, or `None` for no SE.
         drop_path_rate: Stochastic-depth drop probability of this block.
         conv_bias: Give convolutions a bias as keras.applications does.
@@ -185,7 +187,8 @@ class ResidualBlock(layers.Layer):
     def out_channels(self):
         return self.filters * self.expansion
 
-    def _conv(self, suffix, filters, kernel_size, strides=1, groups=1, bias=None):
+    def _conv(self, suffix, filters, kernel_size, strides=1, groups=1, bias=None,
+              zero_kernel=False):
         """Conv with torch-style symmetric padding (explicit pad + valid)."""
         if bias is None:
             bias = self.conv_bias or self.normalization is None
@@ -198,7 +201,7 @@ class ResidualBlock(layers.Layer):
             padding = "same"
         steps.append(layers.Conv2D(
             filters, kernel_size, strides=strides, padding=padding, groups=groups,
-            use_bias=bias, kernel_initializer=self.kernel_initializer,
+            use_bias=bias, kernel_initializer="zeros" if zero_kernel else self.kernel_initializer,
             kernel_regularizer=self.kernel_regularizer, name=f"{self.name}_{suffix}_conv"))
         return steps
 
@@ -413,7 +416,8 @@ class PreActBasicBlock(BasicBlock):
         if self.width_dropout:
             steps += [layers.Dropout(self.width_dropout, name=f"{self.name}_dropout")]
         # The last conv feeds the sum directly: bias only where keras.applications has one.
-        steps += self._conv("2", self.filters, 3, bias=self.conv_bias or self.normalization is None)
+        steps += self._conv("2", self.filters, 3, bias=self.conv_bias or self.normalization is None,
+                            zero_kernel=self.zero_init_last_bn)
         return steps
 
 
@@ -430,7 +434,8 @@ class PreActBottleneckBlock(BottleneckBlock):
         return (self._conv("1", self.width, 1, s1, bias=not no_bias) + self._norm("1") + self._relu("1")
                 + self._conv("2", self.width, 3, s3, groups=self.groups, bias=not no_bias)
                 + self._norm("2") + self._relu("2")
-                + self._conv("3", self.out_channels, 1, bias=self.conv_bias or not no_bias))
+                + self._conv("3", self.out_channels, 1, bias=self.conv_bias or not no_bias,
+                             zero_kernel=self.zero_init_last_bn))
 
 
 BLOCK_TYPES = {

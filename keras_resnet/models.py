@@ -11,6 +11,9 @@ Everything else (pre-activation, ResNet-C/D stems and shortcuts, SE, widths,
 ResNeXt groups, stochastic depth) is an option of the same builder.
 """
 
+import difflib
+import inspect
+
 import keras
 from keras import layers
 
@@ -34,6 +37,10 @@ CIFAR_MAX_SIDE = 64  # with no depth, inputs up to this size get ResNet-20
 
 def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _validate_input_shape(input_shape):
@@ -65,7 +72,9 @@ def cifar_stages(depth, block="basic", width=1):
         rule, ex = ("6n+2", "20, 32, 44, 56, 110") if per_block == 2 else ("9n+2", "56, 110, 164, 1001")
         raise ValueError(
             f"Invalid `depth` for a CIFAR ResNet with {block} blocks. Received: depth={depth!r}. "
-            f"Valid CIFAR depths are {rule}, e.g. {ex}.")
+            f"Valid CIFAR depths are {rule}, e.g. {ex}."
+            + (f" For the ImageNet ResNet-{depth} on small inputs pass stem='imagenet'."
+               if depth in IMAGENET_DEPTHS else ""))
     n = (depth - 2) // (3 * per_block)
     return [dict(blocks=n, filters=f * width, strides=s)
             for f, s in zip(CIFAR_FILTERS, (1, 2, 2))]
@@ -222,6 +231,10 @@ def build_resnet(
     blocks._check_choice("stride_on", stride_on, ("3x3", "1x1"))
     blocks._check_choice("normalization", normalization, ("batch", None))
     blocks._check_choice("pooling", pooling, POOLINGS)
+    for arg, value in (("drop_path_rate", drop_path_rate), ("dropout_rate", dropout_rate),
+                       ("weight_decay", weight_decay), ("se_ratio", se_ratio)):
+        if not (_is_real(value) or (arg == "se_ratio" and value is None)):
+            raise ValueError(f"`{arg}` must be a number. Received: {arg}={value!r}")
     if not 0.0 <= drop_path_rate < 1.0:
         raise ValueError(f"`drop_path_rate` must be in [0, 1). Received: drop_path_rate={drop_path_rate!r}")
     if not 0.0 <= dropout_rate < 1.0:
@@ -326,7 +339,28 @@ def build_resnet(
     if input_tensor is not None and keras.backend.is_keras_tensor(input_tensor):
         from keras.src.ops.operation_utils import get_source_inputs
         inputs = get_source_inputs(input_tensor)
+        inputs = inputs[0] if len(inputs) == 1 else inputs  # a single input, like `image`
     return keras.Model(inputs, x, name=name)
+
+
+# Options whose non-default values change which weights a ResNet has: the
+# keras.applications ImageNet weights cannot fill them.
+_ARCHITECTURE_DEFAULTS = dict(width=1, groups=1, base_width=64, se_ratio=None,
+                              normalization="batch", stem_filters=64)
+_RESNET_ARGS = ("input_shape", "num_classes", "depth", "stages", "block", "stem", "shortcut",
+                "width", "preact", "weights", "name")
+
+
+def _check_options(options):
+    """A clear error for an unknown keyword of `ResNet`, listing the valid ones."""
+    valid = set(inspect.signature(build_resnet).parameters) - {"input_shape", "num_classes", "name"}
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        choices = sorted(valid | set(_RESNET_ARGS))
+        hints = {u: difflib.get_close_matches(u, choices, n=1) for u in unknown}
+        hint = "".join(f" Did you mean {m[0]!r} for {u!r}?" for u, m in hints.items() if m)
+        raise TypeError(
+            f"ResNet() got unknown option(s) {unknown}.{hint} Valid options: {', '.join(choices)}.")
 
 
 def ResNet(input_shape, num_classes=1000, depth=None, *, stages=None, block=None,
@@ -360,6 +394,7 @@ def ResNet(input_shape, num_classes=1000, depth=None, *, stages=None, block=None
     Returns:
         A functional `keras.Model`.
     """
+    _check_options(options)
     shape = _validate_input_shape(input_shape)
     if stem is None:
         known = [d for d in shape[:2] if d is not None]
@@ -372,13 +407,28 @@ def ResNet(input_shape, num_classes=1000, depth=None, *, stages=None, block=None
     if weights == "imagenet":
         from keras_resnet.weights import imagenet_layout
         depth = 50 if depth is None else depth
-        stages, layout = imagenet_layout(depth, preact)
+        layout_stages, layout = imagenet_layout(depth, preact)
         conflicts = {k: v for k, v in options.items() if k in layout and layout[k] != v}
-        if conflicts or stem != "imagenet" or block not in (None, "bottleneck"):
+        if shortcut not in (None, "auto", layout.get("shortcut", "auto")):
+            conflicts["shortcut"] = shortcut
+        if stem != "imagenet":
+            conflicts["stem"] = stem
+        if block not in (None, "bottleneck"):
+            conflicts["block"] = block
+        if conflicts:
             raise ValueError(
                 "`weights='imagenet'` needs the keras.applications layout (ImageNet stem, "
-                f"bottleneck blocks, {layout}). Received conflicting options: "
-                f"{conflicts or dict(stem=stem, block=block)}")
+                f"bottleneck blocks, {layout}). Received conflicting options: {conflicts}")
+        changed = {k: v for k, v in dict(options, width=width).items()
+                   if k in _ARCHITECTURE_DEFAULTS and v != _ARCHITECTURE_DEFAULTS[k]}
+        if stages is not None and _normalize_stages(stages) != layout_stages:
+            changed["stages"] = stages
+        if changed:
+            raise ValueError(
+                "`weights='imagenet'` loads the keras.applications weights, which exist only "
+                f"for the plain layout. Received architecture options it has no weights for: "
+                f"{changed}. Drop them, or load the weights into a plain model and fine-tune.")
+        stages = layout_stages
         options = {**options, **layout}
         shortcut = options.pop("shortcut", shortcut)
         block = "bottleneck"
@@ -416,6 +466,11 @@ def ResNet(input_shape, num_classes=1000, depth=None, *, stages=None, block=None
 def feature_extractor(model, stages=None):
     """A model that returns the stage outputs (`C2`..`C5`, or the CIFAR stages).
 
+    Level `Ck` is the last feature map of stage `convk` at that stage's
+    resolution (ImageNet stems: stride `2**k`). In the keras.applications
+    ResNetV2 layout (`downsample_block="last"`), where a stage ends with its
+    strided block, that is the input of the strided block.
+
     Args:
         model: A keras_resnet model (with or without top).
         stages: Names to return, e.g. `("C3", "C4", "C5")`; all by default.
@@ -425,10 +480,20 @@ def feature_extractor(model, stages=None):
         The feature maps share weights with `model`.
     """
     outputs = {}
+    done = set()
     for layer in model.layers:
         if isinstance(layer, blocks.ResidualBlock) and layer.name.startswith("conv"):
-            level = layer.name.split("_")[0][4:]  # "conv3_block4" -> "3"
-            outputs[f"C{level}"] = layer.output  # the last block of a stage wins
+            level = f"C{layer.name.split('_')[0][4:]}"  # "conv3_block4" -> "C3"
+            if level in done:
+                continue
+            if level in outputs and layer.strides > 1:
+                # downsample_block="last" (the keras.applications ResNetV2
+                # layout): the stage's resolution is the input of its strided
+                # last block, not its output (which belongs to the next level).
+                outputs[level] = layer.input
+                done.add(level)
+            else:
+                outputs[level] = layer.output  # the last block of a stage wins
     if not outputs:
         raise ValueError(f"`model` has no keras_resnet stages. Received: model={model.name!r}")
     if stages is not None:
@@ -437,4 +502,5 @@ def feature_extractor(model, stages=None):
             raise ValueError(f"Unknown stage names {missing}. Received: stages={list(stages)}. "
                              f"Valid: {sorted(outputs)}")
         outputs = {s: outputs[s] for s in stages}
-    return keras.Model(model.inputs, outputs, name=f"{model.name}_features")
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, outputs, name=f"{model.name}_features")

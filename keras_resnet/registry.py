@@ -84,8 +84,9 @@ def model_config(name):
     return config
 
 
-def create_model(name, **overrides):
-    """Builds a registered model; any `ResNet` argument can be overridden.
+def create_model(name, /, **overrides):
+    """Builds a registered model; any `ResNet` argument can be overridden
+    (`name=` too: `name` is positional-only here).
 
     Example: `create_model("resnet50", num_classes=10, input_shape=(160, 160, 3))`.
     """

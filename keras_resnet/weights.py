@@ -57,7 +57,7 @@ def _weighted_sublayers(model):
     return found
 
 
-def port_weights(source, target, skip_mismatched_head=True):
+def port_weights(source, target, skip_mismatched_head=True, strict=False, exclude=()):
     """Copies weights layer by layer from `source` into `target` by name.
 
     Args:
@@ -66,6 +66,12 @@ def port_weights(source, target, skip_mismatched_head=True):
         target: A keras_resnet model with the matching layout.
         skip_mismatched_head: Leave `predictions` alone when the number of
             classes differs (fine-tuning to new classes).
+        strict: Also fail when a weighted layer of `target` (other than the
+            classifier) receives no weights, e.g. squeeze-and-excitation
+            layers the source does not have; otherwise they keep their
+            initial values.
+        exclude: Names of layers to leave at their current values (e.g.
+            `("predictions",)` for a fresh classifier when fine-tuning).
 
     Returns:
         The list of ported layer names.
@@ -77,6 +83,8 @@ def port_weights(source, target, skip_mismatched_head=True):
     targets = _weighted_sublayers(target)
     ported = []
     for layer in _weighted_sublayers(source).values():
+        if layer.name in exclude:
+            continue
         if layer.name not in targets:
             raise ValueError(
                 f"Cannot port weights: layer {layer.name!r} of {source.name!r} has no "
@@ -93,6 +101,20 @@ def port_weights(source, target, skip_mismatched_head=True):
                 f"{[tuple(v.shape) for v in values]} vs {shapes} in the target.")
         dest.set_weights(values)
         ported.append(layer.name)
+    if strict:
+        # Containers (an SE layer) count as filled when all their leaves are.
+        filled = set(ported)
+        for name, layer in targets.items():
+            leaves = [l.name for l in layer._flatten_layers(include_self=False) if l.weights]
+            if leaves and all(leaf in filled for leaf in leaves):
+                filled.add(name)
+        missing = [name for name in targets
+                   if name not in filled and name != "predictions" and name not in exclude]
+        if missing:
+            raise ValueError(
+                f"Cannot port weights: {len(missing)} weighted layers of {target.name!r} have no "
+                f"counterpart in {source.name!r}, e.g. {missing[:5]}. Build the target with "
+                "the matching layout (see keras_resnet.weights.imagenet_layout).")
     return ported
 
 
@@ -121,9 +143,12 @@ def from_keras_applications(app_model, input_shape=None, num_classes=None, **opt
     if input_shape is None:
         input_shape = tuple(app_model.input_shape[1:])
     stages, layout = imagenet_layout(depth, preact)
-    options.setdefault("include_top", has_top or options.get("include_top", True))
-    if not has_top and options["include_top"] is False:
-        options.setdefault("pooling", None)
+    options.setdefault("include_top", has_top)
+    if not has_top:
+        # A headless application: keep its pooling (include_top=False, pooling=...).
+        pools = {"avg_pool": "avg", "max_pool": "max"}
+        options.setdefault("pooling", next(
+            (pools[l.name] for l in app_model.layers if l.name in pools), None))
     act = None
     if has_top:
         act = app_model.get_layer("predictions").activation
@@ -132,7 +157,7 @@ def from_keras_applications(app_model, input_shape=None, num_classes=None, **opt
     model = ResNet(input_shape, num_classes, depth, stages=stages, stem="imagenet",
                    block="bottleneck", preact=preact, name=f"{'preact_' if preact else ''}resnet{depth}",
                    **layout, **options)
-    port_weights(app_model, model)
+    port_weights(app_model, model, strict=True)
     return model
 
 
@@ -147,7 +172,7 @@ def load_weights(model, weights, depth=None, preact=False):
         include_top = any(layer.name == "predictions" for layer in model.layers)
         app = getattr(keras.applications, app_name)(
             weights="imagenet", include_top=include_top and model.output_shape[-1] == 1000)
-        port_weights(app, model)
+        port_weights(app, model, strict=True)
         return model
     if not isinstance(weights, (str, os.PathLike)):
         raise ValueError(f"`weights` must be None, 'imagenet' or a path. Received: weights={weights!r}")
@@ -158,7 +183,7 @@ def load_weights(model, weights, depth=None, preact=False):
         model.load_weights(path)
     elif path.endswith(".keras"):
         source = keras.saving.load_model(path, compile=False)
-        port_weights(source, model)
+        port_weights(source, model, strict=True)
     else:
         raise ValueError(
             f"`weights` must end in '.weights.h5' or '.keras'. Received: weights={path!r}")

@@ -296,6 +296,19 @@ def test_cached_and_uncached_pipelines_agree(folder, monkeypatch, caplog):
     assert x.shape == (4, 16, 16, 3) and y.shape == (4, 2)
 
 
+def test_file_removed_after_the_check_is_dropped_not_fatal(tmp_path):
+    root = tmp_path / "photos"
+    for c, cls in enumerate(("a", "b")):
+        for i in range(4):
+            _save(str(root / cls / f"{i}.png"), Image.fromarray(_pattern(8, 8, 10 * c + i)), "PNG")
+    train, evals, info = data.make_pipelines(str(root), 2, validation_split=0.25, cache=False, one_hot=False)
+    os.remove(root / "a" / "0.png")
+    os.remove(root / "a" / "1.png")  # one of the two is held out, the other trained on
+    batches = _first_batches(train, 8)
+    assert all(b[0].shape == (2, 8, 8, 3) for b in batches)
+    assert sum(int(b[0].shape[0]) for b in evals) == info.num_eval - 1
+
+
 def test_eval_images_use_the_shared_eval_resize(folder):
     _, evals, info = data.make_pipelines(folder, 32, image_size=16, augment="imagenet", validation_split=0.25)
     assert info.crop_fraction == 0.875
@@ -599,6 +612,16 @@ def test_mixup_and_cutmix_labels_sum_to_one_and_match_pixels():
         assert xb.shape == (8, 12, 12, 3)
         np.testing.assert_allclose(yb.numpy().sum(-1), 1.0, atol=1e-5)
         assert (yb.numpy().max(-1) < 1.0).any()  # soft labels present
+
+
+def test_keras_layers_stay_float32_under_mixed_precision():
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")  # the trainer sets it before the data
+    layer = aug.rand_augment().layer
+    assert layer.compute_dtype == "float32"
+    assert all(sub.compute_dtype == "float32" for sub in layer._flatten_layers())
+    assert aug.random_erasing(0.5).layer.compute_dtype == "float32"
 
 
 def test_randaugment_pipeline_is_seeded():

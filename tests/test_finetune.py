@@ -125,6 +125,27 @@ def test_load_backbone_from_keras_file_with_new_classes(tmp_path):
                                   dst.get_layer("conv1_conv").kernel.numpy())
 
 
+@pytest.mark.parametrize("fmt", [".keras", ".weights.h5"])
+def test_load_backbone_keeps_a_fresh_head_for_the_same_class_count(tmp_path, fmt):
+    """Fine-tuning 5 old classes to 5 new ones: the old classifier must not be copied
+    (same shape, so a name-based port would copy it silently), unless asked for."""
+    keras.utils.set_random_seed(1)
+    src = tiny(num_classes=5)
+    path = str(tmp_path / f"src{fmt}")
+    src.save(path) if fmt == ".keras" else src.save_weights(path)
+    keras.utils.set_random_seed(2)
+    dst = tiny(num_classes=5)
+    fresh_head = dst.get_layer("predictions").kernel.numpy().copy()
+    ported = finetune.load_backbone(dst, path)
+    assert "predictions" not in ported and "conv1_conv" in ported
+    np.testing.assert_array_equal(dst.get_layer("predictions").kernel.numpy(), fresh_head)
+    np.testing.assert_array_equal(dst.get_layer("conv1_conv").kernel.numpy(),
+                                  src.get_layer("conv1_conv").kernel.numpy())
+    finetune.load_backbone(dst, path, include_head=True)
+    np.testing.assert_array_equal(dst.get_layer("predictions").kernel.numpy(),
+                                  src.get_layer("predictions").kernel.numpy())
+
+
 def test_resume_mid_schedule_continues(tmp_path):
     """Kill after epoch 1 of a 3-stage schedule; the resumed fit trains conv3 at epoch 1."""
     x, y = data()
