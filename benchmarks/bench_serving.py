@@ -5,10 +5,12 @@
 Exports, in one process and from the same random weights:
 
     kr_fp32        keras_resnet ResNet-50 v1 (`create_model("resnet50_v1")`) via
-                   `keras_resnet.export`, float32
+                   `keras_resnet.export(..., fold_batchnorm=False)`, float32
     kr_fold        the same with `fold_batchnorm=True` (BatchNorm folded into
-                   the convolutions at export time)
-    kr_bf16        the same model built under the `mixed_bfloat16` policy
+                   the convolutions at export time): what `keras_resnet.export`
+                   does by default for a float32 model (`fold_batchnorm="auto"`)
+    kr_bf16        the same model built under the `mixed_bfloat16` policy, exported with
+                   the default `fold_batchnorm="auto"` (its weight casts fold away)
     keras_apps     `keras.applications.ResNet50(weights=None)` exported with
                    `model.export` (its `serve` endpoint)
 
@@ -91,7 +93,8 @@ def export_all(work, image_size):
     # ImageNet statistics is the realistic served model, and costs keras_resnet
     # a Normalization layer that keras_apps does not run.
     common = dict(warmup=False, normalization="imagenet")
-    out["kr_fp32"] = (kr.export(model, os.path.join(work, "kr_fp32"), **common)["saved_model"], "predict_images")
+    out["kr_fp32"] = (kr.export(model, os.path.join(work, "kr_fp32"), fold_batchnorm=False, **common)
+                      ["saved_model"], "predict_images")
     out["kr_fold"] = (kr.export(model, os.path.join(work, "kr_fold"), fold_batchnorm=True, **common)
                       ["saved_model"], "predict_images")
     keras.mixed_precision.set_global_policy("mixed_bfloat16")

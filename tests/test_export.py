@@ -282,10 +282,12 @@ def test_fold_batchnorm_matches_and_removes_batchnorm_ops(exported, tmp_path):
     from tensorflow.core.protobuf import saved_model_pb2
 
     model, paths, _, _ = exported
+    plain = ex.export(model, str(tmp_path / "plain"), fold_batchnorm=False, warmup=False)["saved_model"]
     path = ex.export(model, str(tmp_path), fold_batchnorm=True, warmup=False)["saved_model"]
     x = pictures(3, size=(36, 30), seed=7)
-    got = tf.saved_model.load(path).signatures["predict_images_uint8"](images=tf.constant(x))
-    np.testing.assert_allclose(got["probabilities"].numpy(), reference(model, x), atol=1e-4)
+    for p in (path, plain):
+        got = tf.saved_model.load(p).signatures["predict_images_uint8"](images=tf.constant(x))
+        np.testing.assert_allclose(got["probabilities"].numpy(), reference(model, x), atol=1e-4)
 
     def op_counts(p):
         proto = saved_model_pb2.SavedModel()
@@ -296,20 +298,28 @@ def test_fold_batchnorm_matches_and_removes_batchnorm_ops(exported, tmp_path):
 
     # Keras 3 BatchNorm is Rsqrt/Mul/Add on variable reads: present in the plain
     # export (grappler cannot fold variables at load time), gone when folded.
-    assert op_counts(paths["saved_model"])["Rsqrt"] > 0
+    assert op_counts(plain)["Rsqrt"] > 0
     folded = op_counts(path)
     assert folded["Rsqrt"] == 0 and folded["Conv2D"] > 0
+    # The default ("auto") folds a float32 model: the fixture's export is folded.
+    assert op_counts(paths["saved_model"])["Rsqrt"] == 0
+    meta = json.load(open(os.path.join(paths["saved_model"], "assets.extra", ex.METADATA_FILE)))
+    assert meta["fold_batchnorm"] is True
+    with pytest.raises(ValueError, match="fold_batchnorm='yes'"):
+        ex.export(model, str(tmp_path / "bad"), fold_batchnorm="yes")
 
 
 def test_mixed_precision_model_exports(tmp_path):
+    """Folded by default (its weight casts fold away), and unfolded on request."""
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     model = tiny_model()
     keras.mixed_precision.set_global_policy("float32")
     x = pictures(2, seed=8)
-    loaded = tf.saved_model.load(ex.export(model, str(tmp_path), warmup=False)["saved_model"])
-    got = loaded.signatures["predict_images_uint8"](images=tf.constant(x))["probabilities"]
-    assert got.dtype == tf.float32
-    np.testing.assert_allclose(got.numpy(), reference(model, x), atol=1e-3)
+    for fold in ("auto", False):
+        path = ex.export(model, str(tmp_path), warmup=False, fold_batchnorm=fold)["saved_model"]
+        got = tf.saved_model.load(path).signatures["predict_images_uint8"](images=tf.constant(x))["probabilities"]
+        assert got.dtype == tf.float32
+        np.testing.assert_allclose(got.numpy(), reference(model, x), atol=1e-3)
 
 
 # ============================================================================ bad requests
