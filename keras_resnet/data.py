@@ -498,8 +498,8 @@ def scan_image_folder(path, *, strict=False, max_pixels=DEFAULT_MAX_PIXELS):
 def _split_files(files, validation_split):
     """Stratified hold-out: per class, the files whose path hash is lowest.
 
-    The split depends on the file names only (not on `seed`, nor on listing
-    order), so evaluation and resumed runs see the same held-out set, and
+    The split depends on the class folder and file names only (not on where
+    the dataset lives, on `seed`, nor on listing order), so evaluation and resumed runs see the same held-out set, and
     adding files moves few others.
     """
     is_eval = np.zeros(len(files), bool)
@@ -513,7 +513,10 @@ def _split_files(files, validation_split):
                 count = min(max(count, 1), len(members) - 1)  # >= 1 held out, >= 1 trained on
             else:
                 count = 0
-            order = sorted(members, key=lambda i: hashlib.sha1(files[i].path.encode()).hexdigest())
+            # Hash the class folder and file name, not the absolute path: moving
+            # or copying the dataset must not change which files are held out.
+            order = sorted(members, key=lambda i: hashlib.sha1(
+                "/".join(files[i].path.replace(os.sep, "/").split("/")[-2:]).encode()).hexdigest())
             is_eval[order[:count]] = True
     return is_eval
 
@@ -1085,7 +1088,12 @@ def make_pipelines(source, batch_size, *, image_size=None, augment="auto", data_
         tf.data.experimental.AutoShardPolicy.OFF if input_context is not None
         else tf.data.experimental.AutoShardPolicy.DATA)
     train_ds = _train_pipeline(source_obj.train, plan, budget).with_options(options)
-    eval_ds = _eval_pipeline(source_obj.eval, plan, budget).with_options(options)
+    # Evaluation is always in order (the docstring's promise; predictions line up
+    # with the files); it costs nothing worth saving.
+    eval_options = tf.data.Options()
+    eval_options.deterministic = True
+    eval_options.experimental_distribute.auto_shard_policy = options.experimental_distribute.auto_shard_policy
+    eval_ds = _eval_pipeline(source_obj.eval, plan, budget).with_options(eval_options)
     if not source_obj.eval.num_examples:
         log.warning("No evaluation examples for %s (validation_split=%s): eval_ds is empty.",
                     source_obj.name, validation_split)

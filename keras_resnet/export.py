@@ -412,7 +412,11 @@ def fold_batchnorm_function(model, image_size):
     spec = tf.TensorSpec((None,) + tuple(image_size) + (3,), tf.float32)
     fn = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32),
                      input_signature=[spec], autograph=False)
-    frozen = convert_variables_to_constants_v2(fn.get_concrete_function())
+    from keras_resnet.layers import unfused_batchnorm
+
+    with unfused_batchnorm():  # Rsqrt/Mul/Add form: constant folding pushes it into the convs
+        concrete = fn.get_concrete_function()
+    frozen = convert_variables_to_constants_v2(concrete)
     in_name = frozen.inputs[0].name
     out_name = frozen.outputs[0].name
     graph_def = _grappler_fold(frozen.graph.as_graph_def(), [out_name.split(":")[0]])

@@ -121,7 +121,7 @@ def _stem(x, stem, filters, preact, conv_kwargs, bn_kwargs):
     def bn_relu(x, prefix):
         if bn_kwargs is None:
             return layers.Activation("relu", name=f"{prefix}_relu")(x)
-        x = layers.BatchNormalization(name=f"{prefix}_bn", **bn_kwargs)(x)
+        x = blocks.batch_normalization(name=f"{prefix}_bn", **bn_kwargs)(x)
         return layers.Activation("relu", name=f"{prefix}_relu")(x)
 
     if stem == "cifar":
@@ -318,7 +318,7 @@ def build_resnet(
 
     if preact:
         if bn_kwargs is not None:
-            x = layers.BatchNormalization(name="post_bn", **bn_kwargs)(x)
+            x = blocks.batch_normalization(name="post_bn", **bn_kwargs)(x)
         x = layers.Activation("relu", name="post_relu")(x)
 
     if include_top:

@@ -302,8 +302,10 @@ def test_file_removed_after_the_check_is_dropped_not_fatal(tmp_path):
         for i in range(4):
             _save(str(root / cls / f"{i}.png"), Image.fromarray(_pattern(8, 8, 10 * c + i)), "PNG")
     train, evals, info = data.make_pipelines(str(root), 2, validation_split=0.25, cache=False, one_hot=False)
-    os.remove(root / "a" / "0.png")
-    os.remove(root / "a" / "1.png")  # one of the two is held out, the other trained on
+    files, is_eval = _folder_files_and_split(str(root))
+    in_a = [(f.path, e) for f, e in zip(files, is_eval) if f.label == 0]
+    os.remove(next(p for p, e in in_a if e))      # the held-out file of class a
+    os.remove(next(p for p, e in in_a if not e))  # and one it trains on
     batches = _first_batches(train, 8)
     assert all(b[0].shape == (2, 8, 8, 3) for b in batches)
     assert sum(int(b[0].shape[0]) for b in evals) == info.num_eval - 1

@@ -294,15 +294,18 @@ def test_fold_batchnorm_matches_and_removes_batchnorm_ops(exported, tmp_path):
         with open(os.path.join(p, "saved_model.pb"), "rb") as f:
             proto.ParseFromString(f.read())
         ops = [n.op for fn in proto.meta_graphs[0].graph_def.library.function for n in fn.node_def]
-        return {op: ops.count(op) for op in ("Conv2D", "Rsqrt")}
+        return {op: ops.count(op) for op in ("Conv2D", "Rsqrt", "FusedBatchNormV3")}
 
-    # Keras 3 BatchNorm is Rsqrt/Mul/Add on variable reads: present in the plain
-    # export (grappler cannot fold variables at load time), gone when folded.
-    assert op_counts(plain)["Rsqrt"] > 0
+    def batchnorm_ops(counts):
+        return counts["Rsqrt"] + counts["FusedBatchNormV3"]
+
+    # BatchNorm (fused, or Keras's Rsqrt/Mul/Add) runs on variable reads: present
+    # in the plain export (grappler cannot fold variables at load time), gone when folded.
+    assert batchnorm_ops(op_counts(plain)) > 0
     folded = op_counts(path)
-    assert folded["Rsqrt"] == 0 and folded["Conv2D"] > 0
+    assert batchnorm_ops(folded) == 0 and folded["Conv2D"] > 0
     # The default ("auto") folds a float32 model: the fixture's export is folded.
-    assert op_counts(paths["saved_model"])["Rsqrt"] == 0
+    assert batchnorm_ops(op_counts(paths["saved_model"])) == 0
     meta = json.load(open(os.path.join(paths["saved_model"], "assets.extra", ex.METADATA_FILE)))
     assert meta["fold_batchnorm"] is True
     with pytest.raises(ValueError, match="fold_batchnorm='yes'"):

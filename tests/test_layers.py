@@ -119,10 +119,10 @@ def test_zero_pad_shortcut_is_strided_identity_plus_zero_channels():
 
 
 @pytest.mark.parametrize("shortcut, layer_types", [
-    ("projection", ["Conv2D", "BatchNormalization"]),
-    ("avg_pool", ["AveragePooling2D", "Conv2D", "BatchNormalization"]),
+    ("projection", ["Conv2D", "FusedBatchNormalization"]),
+    ("avg_pool", ["AveragePooling2D", "Conv2D", "FusedBatchNormalization"]),
     ("zero_pad", ["ZeroPadShortcut"]),
-    ("subsample", ["Conv2D", "BatchNormalization"]),  # channels change: subsample needs a projection
+    ("subsample", ["Conv2D", "FusedBatchNormalization"]),  # channels change: subsample needs a projection
 ])
 def test_shortcut_layers_when_shape_changes(shortcut, layer_types):
     block = kr.BasicBlock(32, strides=2, shortcut=shortcut, name="b")
@@ -284,7 +284,7 @@ def test_width_dropout_between_the_two_convs():
     block = kr.BasicBlock(8, width_dropout=0.3, name="b")
     block.build((None, 6, 6, 8))
     types = [type(l).__name__ for l in block.branch_layers]
-    assert types == ["Conv2D", "BatchNormalization", "Activation", "Dropout", "Conv2D", "BatchNormalization"]
+    assert types == ["Conv2D", "FusedBatchNormalization", "Activation", "Dropout", "Conv2D", "FusedBatchNormalization"]
 
 
 @pytest.mark.parametrize("cls, kwargs, match", [
@@ -302,3 +302,51 @@ def test_width_dropout_between_the_two_convs():
 def test_bad_layer_arguments_raise_value_error(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
         cls(**kwargs)
+
+
+# ------------------------------------------------------------------ fused BatchNorm
+@pytest.mark.parametrize("precision, atol", [("float32", 1e-5), ("mixed_bfloat16", 5e-2)])
+def test_fused_batchnorm_matches_keras_batchnorm(precision, atol):
+    # Training mode: TensorFlow's fused kernel differs from Keras 3's composition
+    # by O(1/N) in the normalisation (N = 800 values per channel here): 3e-3.
+    """Same outputs and moving statistics as keras.layers.BatchNormalization, in
+    training and inference mode, and frozen (trainable=False) means inference mode."""
+    from keras_resnet.layers import FusedBatchNormalization
+
+    x = np.random.default_rng(0).normal(2.0, 3.0, (8, 10, 10, 8)).astype("float32")
+    keras.mixed_precision.set_global_policy(precision)
+    ours = FusedBatchNormalization(momentum=0.9, epsilon=1e-3)
+    ref = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-3)
+    keras.mixed_precision.set_global_policy("float32")
+    for layer in (ours, ref):
+        layer.build(x.shape)
+        layer.set_weights([np.linspace(0.5, 1.5, 8), np.linspace(-1, 1, 8), np.full(8, 0.3), np.full(8, 2.0)])
+    for training in (False, True):  # inference first: training moves the statistics
+        got, want = to_numpy(ours(x, training=training)), to_numpy(ref(x, training=training))
+        assert got.dtype == want.dtype
+        tol = max(atol, 3e-3) if training else atol
+        np.testing.assert_allclose(got.astype("float32"), want.astype("float32"), atol=tol)
+    # One training call moved the statistics by the same rule (unbiased vs biased
+    # variance: a relative 1/799 of the batch variance's 10% share).
+    np.testing.assert_allclose(to_numpy(ours.moving_mean), to_numpy(ref.moving_mean), rtol=1e-4)
+    np.testing.assert_allclose(to_numpy(ours.moving_variance), to_numpy(ref.moving_variance), rtol=1e-2)
+    assert not np.allclose(to_numpy(ours.moving_mean), 0.3)
+    ours.trainable = False
+    before = to_numpy(ours.moving_mean).copy()
+    frozen = to_numpy(ours(x, training=True)).astype("float32")
+    np.testing.assert_array_equal(to_numpy(ours.moving_mean), before)
+    np.testing.assert_allclose(frozen, to_numpy(ours(x, training=False)).astype("float32"), atol=1e-6)
+
+
+def test_models_use_the_fused_batchnorm_unless_synchronized():
+    from keras_resnet.layers import FusedBatchNormalization
+
+    def bns(model):
+        return [l for l in model._flatten_layers(include_self=False, recursive=True)
+                if isinstance(l, keras.layers.BatchNormalization)]
+
+    plain = bns(kr.ResNet((32, 32, 3), 10, depth=8))
+    assert plain and all(isinstance(l, FusedBatchNormalization) for l in plain)
+    synced = bns(kr.ResNet((32, 32, 3), 10, depth=8, sync_batchnorm=True))
+    assert synced and not any(isinstance(l, FusedBatchNormalization) for l in synced)
+    assert all(l.synchronized for l in synced)
