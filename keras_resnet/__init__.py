@@ -9,7 +9,7 @@ import os as _os
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from keras_resnet.layers import (  # noqa: F401
-    BasicBlock, BottleneckBlock, DropPath, PreActBasicBlock, PreActBottleneckBlock,
+    BasicBlock, BottleneckBlock, DropPath, FusedBatchNormalization, PreActBasicBlock, PreActBottleneckBlock,
     ResidualBlock, SqueezeExcite, ZeroPadShortcut)
 from keras_resnet.models import ResNet, build_resnet, feature_extractor  # noqa: F401
 from keras_resnet.registry import create_model, list_models, model_config  # noqa: F401

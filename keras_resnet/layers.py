@@ -54,6 +54,18 @@ class FusedBatchNormalization(layers.BatchNormalization):
     1/(N*H*W - 1).
     """
 
+    def __init__(self, fused_inference=True, **kwargs):
+        super().__init__(**kwargs)
+        # After a biased convolution (the keras.applications layout) TF fuses
+        # Conv2D+BiasAdd with Keras's inference BatchNorm better than with a
+        # FusedBatchNormV3 in float32: ResNet-50 v1 inference 4% faster unfused,
+        # while the bias-free v1.5 layout is 13% faster fused, and under mixed
+        # precision fused wins for both (1.33x). Training is fused either way.
+        self.fused_inference = bool(fused_inference)
+
+    def get_config(self):
+        return {**super().get_config(), "fused_inference": self.fused_inference}
+
     def _fusable(self, inputs, mask):
         return (_FUSED_BATCHNORM[0] and keras.backend.backend() == "tensorflow" and mask is None
                 and not self.renorm
@@ -61,7 +73,9 @@ class FusedBatchNormalization(layers.BatchNormalization):
                 and self.axis in (-1, 3) and self.scale and self.center)
 
     def call(self, inputs, training=None, mask=None):
-        if not self._fusable(inputs, mask):
+        batch_stats = bool(training) and self.trainable
+        fused = batch_stats or self.fused_inference or self.compute_dtype != "float32"
+        if not self._fusable(inputs, mask) or not fused:
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf
 
@@ -72,7 +86,7 @@ class FusedBatchNormalization(layers.BatchNormalization):
         beta = tf.cast(self.beta, tf.float32)
         mean = tf.cast(self.moving_mean, tf.float32)
         variance = tf.cast(self.moving_variance, tf.float32)
-        if training and self.trainable:
+        if batch_stats:
             y, new_mean, new_variance = tf.compat.v1.nn.fused_batch_norm(
                 x, gamma, beta, mean=mean, variance=variance, epsilon=self.epsilon,
                 data_format="NHWC", is_training=True, exponential_avg_factor=1.0 - self.momentum)
@@ -106,6 +120,7 @@ def unfused_batchnorm():
 def batch_normalization(**kwargs):
     """The BatchNorm every keras_resnet model uses: fused unless synchronized."""
     if kwargs.get("synchronized"):
+        kwargs.pop("fused_inference", None)
         return layers.BatchNormalization(**kwargs)
     kwargs.pop("synchronized", None)
     return FusedBatchNormalization(**kwargs)
@@ -290,6 +305,7 @@ class ResidualBlock(layers.Layer):
             return []
         return [batch_normalization(
             epsilon=self.bn_epsilon, momentum=self.bn_momentum, synchronized=self.sync_batchnorm,
+            fused_inference=not self.conv_bias,
             gamma_initializer="zeros" if zero_gamma else "ones",
             name=f"{self.name}_{suffix}_bn")]
 

@@ -269,7 +269,8 @@ def build_resnet(
     conv_kwargs = dict(use_bias=conv_bias or normalization is None,
                        kernel_initializer=kernel_initializer,
                        kernel_regularizer=kernel_regularizer)
-    bn_kwargs = (dict(epsilon=bn_epsilon, momentum=bn_momentum, synchronized=sync_batchnorm)
+    bn_kwargs = (dict(epsilon=bn_epsilon, momentum=bn_momentum, synchronized=sync_batchnorm,
+                      fused_inference=not conv_bias)
                  if normalization == "batch" else None)
 
     # === Functional Model ===
