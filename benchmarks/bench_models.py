@@ -21,7 +21,7 @@ same architecture (resnet50_v1).
 
 `--quick` is a smoke run (one round, one step, 64 px ResNet-50s): it checks the script, its
 numbers are not the benchmark. The full run takes about 6-8 minutes on 2 CPU cores at
-float32 (ResNet-50 trains at ~5 img/s there); mixed_bfloat16 is much slower on CPUs without
+float32 (ResNet-50 trains at ~6-9 img/s there); mixed_bfloat16 is much slower on CPUs without
 native bf16 (AVX512-BF16/AMX).
 """
 
