@@ -83,7 +83,7 @@ def pipelines(arrays, class_names, batch_size, seed):
     return (train_ds, info), eval_ds
 
 
-def run(config, arrays, class_names, out_dir, fresh):
+def run(config, arrays, class_names, fresh):
     import keras_resnet as kr
 
     if fresh and os.path.isdir(config["output"]):
@@ -133,7 +133,7 @@ def main(argv=None):
     common = dict(model="resnet20", seed=args.seed, verbose=2, precision="auto", tta_flip=False)
     pre_dir = os.path.join(args.out, "pretrain_classes0-4")
     pretrain = run(dict(common, recipe="cifar10_fast", epochs=args.pretrain_epochs, output=pre_dir),
-                   pre, pre_names, pre_dir, args.fresh)
+                   pre, pre_names, args.fresh)
     weights = os.path.join(pre_dir, "model.keras")
     print(f"Pretrained: test accuracy on classes 0-4 {pretrain['test_accuracy']:.4f} "
           f"({pretrain['train_seconds_this_session']} s)", flush=True)
@@ -150,7 +150,7 @@ def main(argv=None):
     results = {}
     for name, config in variants.items():
         config["output"] = os.path.join(args.out, name)
-        metrics = run(config, fine, fine_names, config["output"], args.fresh)
+        metrics = run(config, fine, fine_names, args.fresh)
         results[name] = {"test_accuracy": metrics["test_accuracy"],
                          "train_seconds": metrics["train_seconds_this_session"],
                          "epochs": metrics["epochs"], "run_dir": config["output"],

@@ -265,6 +265,18 @@ def _folder_files_and_split(folder):
     return files, data._split_files(files, 0.25)
 
 
+def test_folder_hold_out_survives_moving_the_dataset(folder, tmp_path):
+    """The held-out files depend on class folder and file name, not on where the data lives."""
+    moved = str(tmp_path / "elsewhere" / "copy")
+    shutil.copytree(folder, moved)
+
+    def held_out(root):
+        files, is_eval = _folder_files_and_split(root)
+        return sorted(os.path.relpath(f.path, root) for f, e in zip(files, is_eval) if e)
+
+    assert held_out(folder) and held_out(folder) == held_out(moved)
+
+
 def test_folder_validation_split_is_stratified_and_seed_independent(folder):
     def eval_paths(seed):
         (_, _), (val, _) = data.from_directory(folder, 0.25, seed=seed, subset="both")

@@ -350,3 +350,8 @@ def test_models_use_the_fused_batchnorm_unless_synchronized():
     synced = bns(kr.ResNet((32, 32, 3), 10, depth=8, sync_batchnorm=True))
     assert synced and not any(isinstance(l, FusedBatchNormalization) for l in synced)
     assert all(l.synchronized for l in synced)
+    # After biased convolutions (keras.applications layout) float32 inference uses
+    # Keras's BatchNorm; the default bias-free layout keeps it fused.
+    v1 = bns(kr.create_model("resnet50_v1", input_shape=(64, 64, 3)))
+    assert v1 and not any(l.fused_inference for l in v1)
+    assert all(l.fused_inference for l in plain)
