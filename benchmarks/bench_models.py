@@ -10,6 +10,9 @@ Models (batch 32, synthetic data, the same SGD + cross-entropy compile for all):
     keras_resnet resnet50         224 px, the default v1.5 layout (torchvision: no conv biases,
                                   stride on the 3x3)
     keras_resnet resnet20         32 px, CIFAR ResNet-20 (no keras.applications counterpart)
+    keras-hub ResNet50            224 px, keras-hub's ResNetBackbone in its ResNet-50 layout +
+                                  the same head; only when keras_hub imports (`--keras-hub 0`
+                                  skips it)
 
 Training is `model.train_on_batch` (the compiled `train_step` that `model.fit` runs) and
 inference `model.predict_on_batch` (the compiled `predict_step`). Every model is built and
@@ -38,7 +41,21 @@ from common import hardware, print_hardware, write_json  # noqa: E402
 
 REFERENCE = "keras.applications ResNet50"
 SAME_ARCH = "keras_resnet resnet50_v1"
+KERAS_HUB = "keras-hub ResNet50"
 MODELS = (REFERENCE, SAME_ARCH, "keras_resnet resnet50", "keras_resnet resnet20")
+
+
+def short_name(name):
+    """`resnet50_v1` for keras_resnet models, the full name for the peers."""
+    return name.split()[-1] if name.startswith("keras_resnet") else name
+
+
+def keras_hub_available():
+    try:
+        import keras_hub  # noqa: F401
+    except Exception:  # not installed, or installed without its optional deps
+        return False
+    return True
 
 
 def build(name, image_size):
@@ -48,6 +65,20 @@ def build(name, image_size):
 
     if name == REFERENCE:
         model = keras.applications.ResNet50(weights=None, input_shape=(image_size, image_size, 3))
+    elif name == KERAS_HUB:
+        import keras_hub
+
+        # keras-hub's ResNet-50 (the `resnet_50_imagenet` preset's layout, built
+        # from its config: presets download weights) + the same average-pool head.
+        backbone = keras_hub.models.ResNetBackbone(
+            input_conv_filters=[64], input_conv_kernel_sizes=[7],
+            stackwise_num_filters=[64, 128, 256, 512], stackwise_num_blocks=[3, 4, 6, 3],
+            stackwise_num_strides=[1, 2, 2, 2], block_type="bottleneck_block",
+            use_pre_activation=False, image_shape=(image_size, image_size, 3))
+        inputs = keras.Input((image_size, image_size, 3))
+        x = keras.layers.GlobalAveragePooling2D()(backbone(inputs))
+        outputs = keras.layers.Dense(1000, activation="softmax", dtype="float32")(x)
+        model = keras.Model(inputs, outputs, name="keras_hub_resnet50")
     elif name == "keras_resnet resnet20":
         model = kr.create_model("resnet20")
     else:
@@ -145,6 +176,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="Smoke run: 1 round, 1 step, 64 px ResNet-50s (not the benchmark).")
     parser.add_argument("--json", default=None, help="Write the results here.")
+    parser.add_argument("--keras-hub", type=int, default=1,
+                        help="Also time keras-hub's ResNet50 when keras_hub imports (1) or not (0).")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.train_steps, args.infer_batches = 1, 1, 1
@@ -167,7 +200,10 @@ def main(argv=None):
     keras.mixed_precision.set_global_policy(args.precision)
     keras.utils.set_random_seed(0)
     benches = []
-    for name in MODELS:
+    models = MODELS + ((KERAS_HUB,) if args.keras_hub and keras_hub_available() else ())
+    if args.keras_hub and KERAS_HUB not in models:
+        print("  keras-hub is not installed: skipping its ResNet50 (pip install keras-hub)")
+    for name in models:
         bench = Bench(name, image_size, args.batch_size, args.train_steps, args.infer_batches)
         print(f"  warm-up {name:30s} {bench.warmup(1 if args.quick else 2):6.1f} s", flush=True)
         benches.append(bench)
@@ -177,17 +213,25 @@ def main(argv=None):
         for bench in order:
             bench.round()
         print(f"  round {r + 1}/{args.rounds}: " + ", ".join(
-            f"{b.name.split()[-1]} {b.train[-1]:.1f}/{b.infer[-1]:.1f}" for b in benches)
+            f"{short_name(b.name)} {b.train[-1]:.1f}/{b.infer[-1]:.1f}" for b in benches)
             + " img/s (train/infer)", flush=True)
 
     results = [b.result(args.precision) for b in benches]
     by_name = {b.name: b for b in benches}
     ref = by_name[REFERENCE]
     ratios, ranges = {}, {}
-    for name in (SAME_ARCH, "keras_resnet resnet50"):
+    for name in (SAME_ARCH, "keras_resnet resnet50", KERAS_HUB):
+        if name not in by_name:
+            continue
         for kind in ("train", "infer"):
-            key = f"{name.split()[-1]} / keras.applications {kind}"
+            key = f"{short_name(name)} / keras.applications {kind}"
             median, low, high = paired_ratio(getattr(by_name[name], kind), getattr(ref, kind))
+            ratios[key], ranges[key] = median, [low, high]
+    if KERAS_HUB in by_name:  # the same v1.5 layout (25,557,032 params) in keras-hub
+        for kind in ("train", "infer"):
+            key = f"resnet50 / keras-hub ResNet50 {kind}"
+            median, low, high = paired_ratio(getattr(by_name["keras_resnet resnet50"], kind),
+                                             getattr(by_name[KERAS_HUB], kind))
             ratios[key], ranges[key] = median, [low, high]
 
     print(f"\n| model | precision | image | train img/s | infer img/s |\n| --- | --- | ---: | ---: | ---: |")

@@ -41,6 +41,7 @@ for _n in (50, 101, 152):
 for _n in (18, 34, 50, 101):
     globals()[f"ResNet{_n}D"] = _named(f"resnet{_n}d")
     globals()[f"SEResNet{_n}"] = _named(f"se_resnet{_n}")
+ResNet14W2 = _named("resnet14_w2")
 WideResNet16_4 = _named("wrn16_4")
 WideResNet16_8 = _named("wrn16_8")
 WideResNet28_10 = _named("wrn28_10")

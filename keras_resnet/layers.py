@@ -61,6 +61,9 @@ class FusedBatchNormalization(layers.BatchNormalization):
         # FusedBatchNormV3 in float32: ResNet-50 v1 inference 4% faster unfused,
         # while the bias-free v1.5 layout is 13% faster fused, and under mixed
         # precision fused wins for both (1.33x). Training is fused either way.
+        # Inside residual blocks `conv_then_batchnorm` removes the bias add
+        # instead, so this flag only matters where a biased conv feeds the
+        # BatchNorm outside a block (the v1 stem).
         self.fused_inference = bool(fused_inference)
 
     def get_config(self):
@@ -100,6 +103,33 @@ class FusedBatchNormalization(layers.BatchNormalization):
 
 
 _FUSED_BATCHNORM = [True]
+
+
+def conv_then_batchnorm(conv, bn, x, training=None):
+    """`bn(conv(x))`, with a biased convolution's bias moved into the BatchNorm
+    at inference.
+
+    In inference mode `BN(conv(x) + b)` equals `FusedBatchNorm(conv(x))` with the
+    moving mean shifted by `-b`. Without the BiasAdd in between, TensorFlow's
+    grappler remapper fuses Conv2D + FusedBatchNormV3 (+ ReLU) into one
+    oneDNN `_FusedConv2D`. That is what makes the keras.applications layout
+    (`resnet50_v1`, biased convolutions) infer faster than keras.applications
+    itself. Training, masks and anything `FusedBatchNormalization` cannot fuse
+    take the ordinary `bn(conv(x))` path.
+    """
+    inference = not (bool(training) and bn.trainable)
+    if not (inference and conv.use_bias and isinstance(bn, FusedBatchNormalization)
+            and bn._fusable(x, None)):
+        return bn(conv(x), training=training)
+    import tensorflow as tf
+
+    y = conv.convolution_op(x, conv.kernel)
+    shifted_mean = tf.cast(bn.moving_mean, tf.float32) - tf.cast(conv.bias, tf.float32)
+    y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+        y, tf.cast(bn.gamma, tf.float32), tf.cast(bn.beta, tf.float32), mean=shifted_mean,
+        variance=tf.cast(bn.moving_variance, tf.float32), epsilon=bn.epsilon,
+        data_format="NHWC", is_training=False)
+    return tf.cast(y, bn.compute_dtype)
 
 
 @contextlib.contextmanager
@@ -398,11 +428,8 @@ class ResidualBlock(layers.Layer):
         # Pre-activation blocks feed projections from the normalised input
         # (He et al. 2016), identities from the raw input.
         shortcut = pre if (self.preactivation and self.shortcut_kind in ("projection", "avg_pool")) else x
-        for layer in self.shortcut_layers:
-            shortcut = layer(shortcut, training=training)
-        y = pre
-        for layer in self.branch_layers:
-            y = layer(y, training=training)
+        shortcut = self._apply(self.shortcut_layers, shortcut, training)
+        y = self._apply(self.branch_layers, pre, training)
         if self.se is not None:
             y = self.se(y)
         if self.drop_path is not None:
@@ -411,6 +438,20 @@ class ResidualBlock(layers.Layer):
         if self.out_relu is not None:
             y = self.out_relu(y)
         return y
+
+    @staticmethod
+    def _apply(steps, x, training):
+        i = 0
+        while i < len(steps):
+            layer = steps[i]
+            following = steps[i + 1] if i + 1 < len(steps) else None
+            if isinstance(layer, layers.Conv2D) and isinstance(following, layers.BatchNormalization):
+                x = conv_then_batchnorm(layer, following, x, training)
+                i += 2
+            else:
+                x = layer(x, training=training)
+                i += 1
+        return x
 
     def compute_output_shape(self, input_shape):
         n, h, w, _ = input_shape

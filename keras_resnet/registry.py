@@ -4,6 +4,10 @@ Every variant is one small dict of `keras_resnet.ResNet` arguments over the one
 generic builder (the timm pattern). Glossary:
 
     resnet{20,32,44,56,110,1202}   CIFAR ResNets, He et al. 2015 sec. 4.2 (option A).
+    resnet14_w2                    CIFAR ResNet-14 at twice the width (32/64/128 filters,
+                                   16-filter stem, option A): the cifar10_fast recipe's
+                                   net; wide and shallow trains to accuracy in fewer
+                                   CPU-minutes than ResNet-20.
     resnet{18,34,50,101,152,200}   ImageNet ResNets; bottlenecks stride on the 3x3
                                    (v1.5, torchvision/timm).
     resnet{50,101,152}_v1          the keras.applications layout (conv biases,
@@ -42,6 +46,7 @@ def _keras_apps(depth, preact):
 MODEL_CONFIGS = {}
 for d in (20, 32, 44, 56, 110, 1202):
     MODEL_CONFIGS[f"resnet{d}"] = dict(CIFAR_INPUT, depth=d, stem="cifar")
+MODEL_CONFIGS["resnet14_w2"] = dict(CIFAR_INPUT, depth=14, width=2, stem="cifar")
 for d in (18, 34, 50, 101, 152, 200):
     MODEL_CONFIGS[f"resnet{d}"] = dict(IMAGENET_INPUT, depth=d, stem="imagenet")
 for d in (50, 101, 152):

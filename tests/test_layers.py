@@ -355,3 +355,55 @@ def test_models_use_the_fused_batchnorm_unless_synchronized():
     v1 = bns(kr.create_model("resnet50_v1", input_shape=(64, 64, 3)))
     assert v1 and not any(l.fused_inference for l in v1)
     assert all(l.fused_inference for l in plain)
+
+
+@pytest.mark.parametrize("precision, atol", [("float32", 1e-4), ("mixed_bfloat16", 0.1)])
+def test_biased_conv_bias_moves_into_the_fused_batchnorm_at_inference(precision, atol):
+    """A keras.applications-layout block (biased convs) infers through
+    conv -> FusedBatchNormV3 with the bias folded into the moving mean, so TF can
+    fuse the pair; outputs equal the layer-by-layer `bn(conv(x))` in every mode."""
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        block = kr.BottleneckBlock(8, strides=2, conv_bias=True, stride_on="1x1", name="b")
+        x = _x((8, 8, 16), batch=4)
+        block.build(x.shape)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    rng = np.random.default_rng(1)
+    for layer in block._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.set_weights([rng.uniform(0.5, 1.5, w.shape) if i != 3 else rng.uniform(0.5, 2, w.shape)
+                               for i, w in enumerate(layer.get_weights())])
+        elif isinstance(layer, keras.layers.Conv2D):
+            layer.bias.assign(rng.normal(0, 1, layer.bias.shape))
+
+    def layer_by_layer(x, training):
+        shortcut = block.shortcut_layers[1](block.shortcut_layers[0](x), training=training)
+        y = x
+        for layer in block.branch_layers:
+            y = layer(y, training=training)
+        return block.out_relu(shortcut + y)
+
+    want = to_numpy(layer_by_layer(x, False)).astype("float32")
+    got = to_numpy(block(x, training=False)).astype("float32")
+    np.testing.assert_allclose(got, want, atol=atol * max(1.0, np.abs(want).max()))
+    # The inference graph runs every BatchNorm as one FusedBatchNormV3 straight
+    # after its convolution (Keras's own BatchNorm would show none).
+    graph = tf.function(lambda t: block(t, training=False)).get_concrete_function(
+        tf.TensorSpec(x.shape, "float32")).graph
+    ops = [op.type for op in graph.get_operations()]
+    assert ops.count("FusedBatchNormV3") == 4, ops
+    assert ops.count("AddV2") == 1, ops  # the residual sum; no bias adds left
+    # Training still adds the bias and normalises with batch statistics (the
+    # outputs do not depend on the moving statistics the two calls update).
+    want_train = to_numpy(layer_by_layer(x, True)).astype("float32")
+    got_train = to_numpy(block(x, training=True)).astype("float32")
+    np.testing.assert_allclose(got_train, want_train, atol=atol * max(1.0, np.abs(want_train).max()))
+    assert not np.allclose(got_train, got, atol=1e-2)
+    # Frozen BatchNorm (fine-tuning) is inference mode even under training=True.
+    for layer in block._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+    np.testing.assert_allclose(to_numpy(block(x, training=True)).astype("float32"),
+                               to_numpy(layer_by_layer(x, False)).astype("float32"),
+                               atol=atol * max(1.0, np.abs(want).max()))

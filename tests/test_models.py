@@ -25,6 +25,9 @@ REFERENCE = {
     "resnet56": (853_018, 0, "He et al. 2015 sec. 4.2, option A"),
     "resnet110": (1_727_962, 0, "He et al. 2015 sec. 4.2, option A"),
     "resnet1202": (19.4e6, 0.01, "He et al. 2015 table 6 (19.4M)"),
+    # 3x3 convs + BN over the sec. 4.2 layout with n=2 and 32/64/128 filters,
+    # counted by hand: 464 stem + 32,512 + 129,536 + 517,120 stages + 1,290 head.
+    "resnet14_w2": (680_922, 0, "by hand: He et al. 2015 sec. 4.2 layout, n=2, 2x filters"),
     "resnet18": (11_689_512, 0, TV), "resnet34": (21_797_672, 0, TV),
     "resnet50": (25_557_032, 0, TV), "resnet101": (44_549_160, 0, TV),
     "resnet152": (60_192_808, 0, TV), "resnet200": (64_673_832, 0, "timm resnet200"),
