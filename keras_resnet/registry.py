@@ -5,9 +5,8 @@ generic builder (the timm pattern). Glossary:
 
     resnet{20,32,44,56,110,1202}   CIFAR ResNets, He et al. 2015 sec. 4.2 (option A).
     resnet14_w2                    CIFAR ResNet-14 at twice the width (32/64/128 filters,
-                                   16-filter stem, option A): the cifar10_fast recipe's
-                                   net; wide and shallow trains to accuracy in fewer
-                                   CPU-minutes than ResNet-20.
+                                   16-filter stem, option A): wide and shallow, 2.5x the
+                                   parameters of ResNet-20 at ~1.5x its training cost.
     resnet{18,34,50,101,152,200}   ImageNet ResNets; bottlenecks stride on the 3x3
                                    (v1.5, torchvision/timm).
     resnet{50,101,152}_v1          the keras.applications layout (conv biases,
