@@ -82,23 +82,39 @@ class FusedBatchNormalization(layers.BatchNormalization):
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf
 
+        if not batch_stats:
+            return self.fused_inference_call(inputs)
         x = inputs
         if x.dtype not in (tf.float32, tf.bfloat16, tf.float16):
             x = tf.cast(x, tf.float32)
-        gamma = tf.cast(self.gamma, tf.float32)
-        beta = tf.cast(self.beta, tf.float32)
+        y, new_mean, new_variance = tf.compat.v1.nn.fused_batch_norm(
+            x, tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32),
+            mean=tf.cast(self.moving_mean, tf.float32),
+            variance=tf.cast(self.moving_variance, tf.float32), epsilon=self.epsilon,
+            data_format="NHWC", is_training=True, exponential_avg_factor=1.0 - self.momentum)
+        self.moving_mean.assign(tf.cast(new_mean, self.moving_mean.dtype))
+        self.moving_variance.assign(tf.cast(new_variance, self.moving_variance.dtype))
+        return tf.cast(y, self.compute_dtype)
+
+    def fused_inference_call(self, inputs, input_bias=None):
+        """Inference with the moving statistics as one `FusedBatchNormV3`.
+
+        `input_bias` is a per-channel bias the inputs still lack: normalising
+        `inputs + input_bias` equals normalising `inputs` with the moving mean
+        shifted by `-input_bias` (see `conv_then_batchnorm`).
+        """
+        import tensorflow as tf
+
+        x = inputs
+        if x.dtype not in (tf.float32, tf.bfloat16, tf.float16):
+            x = tf.cast(x, tf.float32)
         mean = tf.cast(self.moving_mean, tf.float32)
-        variance = tf.cast(self.moving_variance, tf.float32)
-        if batch_stats:
-            y, new_mean, new_variance = tf.compat.v1.nn.fused_batch_norm(
-                x, gamma, beta, mean=mean, variance=variance, epsilon=self.epsilon,
-                data_format="NHWC", is_training=True, exponential_avg_factor=1.0 - self.momentum)
-            self.moving_mean.assign(tf.cast(new_mean, self.moving_mean.dtype))
-            self.moving_variance.assign(tf.cast(new_variance, self.moving_variance.dtype))
-        else:
-            y, _, _ = tf.compat.v1.nn.fused_batch_norm(
-                x, gamma, beta, mean=mean, variance=variance, epsilon=self.epsilon,
-                data_format="NHWC", is_training=False)
+        if input_bias is not None:
+            mean = mean - tf.cast(input_bias, tf.float32)
+        y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+            x, tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32), mean=mean,
+            variance=tf.cast(self.moving_variance, tf.float32), epsilon=self.epsilon,
+            data_format="NHWC", is_training=False)
         return tf.cast(y, self.compute_dtype)
 
 
@@ -121,15 +137,7 @@ def conv_then_batchnorm(conv, bn, x, training=None):
     if not (inference and conv.use_bias and isinstance(bn, FusedBatchNormalization)
             and bn._fusable(x, None)):
         return bn(conv(x), training=training)
-    import tensorflow as tf
-
-    y = conv.convolution_op(x, conv.kernel)
-    shifted_mean = tf.cast(bn.moving_mean, tf.float32) - tf.cast(conv.bias, tf.float32)
-    y, _, _ = tf.compat.v1.nn.fused_batch_norm(
-        y, tf.cast(bn.gamma, tf.float32), tf.cast(bn.beta, tf.float32), mean=shifted_mean,
-        variance=tf.cast(bn.moving_variance, tf.float32), epsilon=bn.epsilon,
-        data_format="NHWC", is_training=False)
-    return tf.cast(y, bn.compute_dtype)
+    return bn.fused_inference_call(conv.convolution_op(x, conv.kernel), input_bias=conv.bias)
 
 
 @contextlib.contextmanager
