@@ -4,13 +4,13 @@
         [--data-dir ../shared/tensorflow_datasets] [--pretrain-epochs 8] [--epochs 15] [--quick]
 
 1. Pretrain ResNet-20 on CIFAR-10 classes 0-4 (all 25,000 training images), with the
-   `cifar10_fast` recipe.
+   `cifar10_fast_resnet20` recipe.
 2. Fine-tune set: classes 5-9, a seeded, class-balanced 10% of their training images
    (2,500 images, 500 per class). Test set: all 5,000 test images of classes 5-9.
 3. Four runs on that fine-tune set, each through `keras_resnet.train` (run directories with
    config, history and metrics), same batch size and epochs:
 
-   scratch   a fresh ResNet-20 with the `cifar10_fast` recipe (its own best schedule)
+   scratch   a fresh ResNet-20 with the `cifar10_fast_resnet20` recipe (its own best schedule)
    all       pretrained backbone + new head, every stage trainable from epoch 0
    head      pretrained backbone frozen, only the new head trains
    gradual   the `finetune` recipe: head first, then one more stage per epoch from the
@@ -132,7 +132,7 @@ def main(argv=None):
 
     common = dict(model="resnet20", seed=args.seed, verbose=2, precision="auto", tta_flip=False)
     pre_dir = os.path.join(args.out, "pretrain_classes0-4")
-    pretrain = run(dict(common, recipe="cifar10_fast", epochs=args.pretrain_epochs, output=pre_dir),
+    pretrain = run(dict(common, recipe="cifar10_fast_resnet20", epochs=args.pretrain_epochs, output=pre_dir),
                    pre, pre_names, args.fresh)
     weights = os.path.join(pre_dir, "model.keras")
     print(f"Pretrained: test accuracy on classes 0-4 {pretrain['test_accuracy']:.4f} "
@@ -141,7 +141,7 @@ def main(argv=None):
     tune = dict(common, recipe="finetune", epochs=args.epochs, batch_size=args.batch_size,
                 weights=weights, freeze_batchnorm=True, stage_lr_multipliers=None)
     variants = {
-        "scratch": dict(common, recipe="cifar10_fast", epochs=args.epochs, batch_size=args.batch_size,
+        "scratch": dict(common, recipe="cifar10_fast_resnet20", epochs=args.epochs, batch_size=args.batch_size,
                         reference_batch_size=256),
         "all": dict(tune, unfreeze_schedule={0: "all"}),
         "head": dict(tune, unfreeze_schedule={0: ["head"]}),
@@ -160,7 +160,7 @@ def main(argv=None):
 
     print("\n| run (classes 5-9, 10% of their train images) | test accuracy | train wall time |")
     print("| --- | ---: | ---: |")
-    labels = {"scratch": "from scratch (cifar10_fast recipe)", "all": "fine-tune, everything at once",
+    labels = {"scratch": "from scratch (cifar10_fast_resnet20 recipe)", "all": "fine-tune, everything at once",
               "head": "fine-tune, head only", "gradual": "fine-tune, gradual unfreezing + per-stage lr"}
     for name, r in results.items():
         print(f"| {labels[name]} | {100 * r['test_accuracy']:.2f}% | {r['train_seconds']:.0f} s |")

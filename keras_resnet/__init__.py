@@ -10,8 +10,8 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from keras_resnet.layers import (  # noqa: F401
     BasicBlock, BottleneckBlock, DropPath, FusedBatchNormalization, PreActBasicBlock, PreActBottleneckBlock,
-    ResidualBlock, SqueezeExcite, ZeroPadShortcut)
-from keras_resnet.models import ResNet, build_resnet, feature_extractor  # noqa: F401
+    ResidualBlock, ResNet9Block, SqueezeExcite, ZeroPadShortcut)
+from keras_resnet.models import ResNet, build_resnet, build_resnet9, feature_extractor  # noqa: F401
 from keras_resnet.registry import create_model, list_models, model_config  # noqa: F401
 from keras_resnet import callbacks, finetune  # noqa: F401
 from keras_resnet.weights import from_keras_applications, load_weights, port_weights  # noqa: F401
@@ -42,6 +42,8 @@ for _n in (18, 34, 50, 101):
     globals()[f"ResNet{_n}D"] = _named(f"resnet{_n}d")
     globals()[f"SEResNet{_n}"] = _named(f"se_resnet{_n}")
 ResNet14W2 = _named("resnet14_w2")
+ResNet9 = _named("resnet9")
+ResNet9Half = _named("resnet9_half")
 WideResNet16_4 = _named("wrn16_4")
 WideResNet16_8 = _named("wrn16_8")
 WideResNet28_10 = _named("wrn28_10")

@@ -288,6 +288,7 @@ class ResidualBlock(layers.Layer):
 
     expansion = 1
     preactivation = False
+    relu_after_add = True
 
     def __init__(self, filters, strides=1, shortcut="auto", normalization="batch",
                  zero_init_last_bn=False, se_ratio=None, drop_path_rate=0.0,
@@ -408,7 +409,7 @@ class ResidualBlock(layers.Layer):
         self.drop_path = (DropPath(self.drop_path_rate, name=f"{self.name}_drop_path")
                           if self.drop_path_rate > 0 else None)
         self.add = layers.Add(name=f"{self.name}_add")
-        self.out_relu = None if self.preactivation else layers.Activation(
+        self.out_relu = None if self.preactivation or not self.relu_after_add else layers.Activation(
             "relu", name=f"{self.name}_out")
         # Build sub-layers now so weights exist before the first call (needed
         # to load saved weights and for model.summary to count parameters).
@@ -581,6 +582,20 @@ class PreActBottleneckBlock(BottleneckBlock):
                 + self._norm("2") + self._relu("2")
                 + self._conv("3", self.out_channels, 1, bias=self.conv_bias or not no_bias,
                              zero_kernel=self.zero_init_last_bn))
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ResNet9Block(BasicBlock):
+    """The residual unit of ResNet-9 (Page 2018, the DAWNBench CIFAR-10 net):
+    `x + ReLU(BN(conv(ReLU(BN(conv(x))))))`. The branch ends in its own ReLU
+    and nothing follows the `Add()`, so the sum of two non-negative tensors
+    feeds the next convolution unchanged.
+    """
+
+    relu_after_add = False
+
+    def _build_branch(self, in_channels):
+        return super()._build_branch(in_channels) + self._relu("2")
 
 
 BLOCK_TYPES = {

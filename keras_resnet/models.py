@@ -7,6 +7,10 @@ Families (see `keras_resnet.registry` for the named variants):
     cifar: 3x3 stem and three stages conv2..conv4 with 16/32/64 filters;
         depth 6n+2 with basic blocks, 9n+2 with bottleneck blocks (He et al.
         2015 section 4.2, He et al. 2016 for the pre-activation 164/1001).
+    resnet9: Page's 2018 DAWNBench CIFAR-10 net (`build_resnet9`): a 3x3 stem,
+        three conv + max-pool stages with 128/256/512 filters, a residual
+        unit after the first and the last; wide and shallow, the fastest
+        route to ResNet-20 accuracy on a CPU.
 Everything else (pre-activation, ResNet-C/D stems and shortcuts, SE, widths,
 ResNeXt groups, stochastic depth) is an option of the same builder.
 """
@@ -341,6 +345,132 @@ def build_resnet(
         from keras.src.ops.operation_utils import get_source_inputs
         inputs = get_source_inputs(input_tensor)
         inputs = inputs[0] if len(inputs) == 1 else inputs  # a single input, like `image`
+    return keras.Model(inputs, x, name=name)
+
+
+RESNET9_RESIDUAL_UNITS = (1, 0, 1)  # after the conv2, conv3, conv4 transitions
+
+
+def build_resnet9(
+    input_shape=(32, 32, 3),
+    num_classes=10,
+    base_filters=64,
+    zero_init_last_bn=False,
+    bn_epsilon=1e-5,
+    bn_momentum=0.9,
+    sync_batchnorm=False,
+    weight_decay=0.0,
+    kernel_regularizer=None,
+    kernel_initializer="he_normal",
+    include_top=True,
+    pooling=None,
+    classifier_activation="softmax",
+    logit_scale=0.125,
+    dropout_rate=0.0,
+    preprocessing=None,
+    name="resnet9",
+):
+    """ResNet-9, the DAWNBench CIFAR-10 network of D. Page, "How to train your
+    ResNet" (2018): 94% in 24 epochs on one V100.
+
+    Layout (`base_filters=64`, 6.57M parameters): `conv1` 3x3 conv-BN-ReLU
+    with 64 filters; then `conv2..conv4`, each a 3x3 conv with 128/256/512
+    filters, a 2x2 max-pool, BN and ReLU (`conv2_conv`, `conv2_pool`,
+    `conv2_bn`, `conv2_relu`); a `ResNet9Block` (two conv-BN-ReLU on an
+    identity shortcut) follows conv2 and conv4; global max-pool; a bias-free
+    classifier whose logits are multiplied by `logit_scale`. Pooling comes
+    before the BatchNorm (as in Keller Jordan's airbench) so BN and ReLU run
+    on a quarter of the pixels; max-pool commutes with the ReLU that follows.
+
+    Args:
+        input_shape: `(height, width, channels)`; each side at least 8.
+        num_classes: Classifier outputs (used when `include_top`).
+        base_filters: Stem width; the stages use 2x, 4x and 8x. 32 is
+            `resnet9_half` (1.65M parameters, about 4x cheaper).
+        zero_init_last_bn: Zero-initialise the last BN gamma of each residual
+            unit, so it starts as the identity.
+        bn_epsilon, bn_momentum, sync_batchnorm: BatchNorm options.
+        weight_decay: L2 coefficient in the SGD sense (the gradient gains
+            `weight_decay * w`), on every convolution and the classifier.
+        kernel_regularizer: A Keras regularizer instead of `weight_decay`.
+        kernel_initializer: For every convolution.
+        include_top, pooling, classifier_activation, dropout_rate,
+        preprocessing, name: as in `build_resnet`.
+        logit_scale: Multiplies the logits. Page's 0.125 keeps the initial
+            softmax soft: the max-pooled features of a fresh net are large.
+
+    Returns:
+        A functional `keras.Model`.
+    """
+    # === Validate arguments ===
+    shape = _validate_input_shape(input_shape)
+    if include_top and (not _is_int(num_classes) or num_classes < 1):
+        raise ValueError(f"`num_classes` must be a positive int. Received: num_classes={num_classes!r}")
+    if not _is_int(base_filters) or base_filters < 1:
+        raise ValueError(f"`base_filters` must be a positive int. Received: base_filters={base_filters!r}")
+    blocks._check_choice("pooling", pooling, POOLINGS)
+    for arg, value in (("weight_decay", weight_decay), ("logit_scale", logit_scale),
+                       ("dropout_rate", dropout_rate)):
+        if not _is_real(value):
+            raise ValueError(f"`{arg}` must be a number. Received: {arg}={value!r}")
+    if weight_decay < 0:
+        raise ValueError(f"`weight_decay` must be >= 0. Received: weight_decay={weight_decay!r}")
+    if weight_decay and kernel_regularizer is not None:
+        raise ValueError("Pass either `weight_decay` or `kernel_regularizer`, not both. "
+                         f"Received: weight_decay={weight_decay}, kernel_regularizer={kernel_regularizer!r}")
+    if not 0.0 <= dropout_rate < 1.0:
+        raise ValueError(f"`dropout_rate` must be in [0, 1). Received: dropout_rate={dropout_rate!r}")
+    for side in shape[:2]:
+        if side is not None and side < 8:
+            raise ValueError("`input_shape` is too small for ResNet-9, which max-pools three "
+                             f"times: the smallest input is 8x8. Received: input_shape={tuple(input_shape)}")
+    if preprocessing is not None:
+        normalization_layer(preprocessing)  # validates early
+    if weight_decay:
+        kernel_regularizer = keras.regularizers.L2(weight_decay / 2.0)
+    bn_kwargs = dict(epsilon=bn_epsilon, momentum=bn_momentum, synchronized=sync_batchnorm)
+
+    def conv(x, filters, prefix):
+        return layers.Conv2D(filters, 3, padding="same", use_bias=False,
+                             kernel_initializer=kernel_initializer,
+                             kernel_regularizer=kernel_regularizer, name=f"{prefix}_conv")(x)
+
+    def bn_relu(x, prefix):
+        x = blocks.batch_normalization(name=f"{prefix}_bn", **bn_kwargs)(x)
+        return layers.Activation("relu", name=f"{prefix}_relu")(x)
+
+    # === Functional Model ===
+    inputs = layers.Input(shape=shape, name="image")
+    x = inputs
+    if preprocessing is not None:
+        x = normalization_layer(preprocessing)(x)
+    x = bn_relu(conv(x, base_filters, "conv1"), "conv1")
+    for i, units in enumerate(RESNET9_RESIDUAL_UNITS):
+        prefix = f"conv{i + 2}"
+        filters = base_filters * 2 ** (i + 1)
+        x = conv(x, filters, prefix)
+        x = layers.MaxPooling2D(2, name=f"{prefix}_pool")(x)
+        x = bn_relu(x, prefix)
+        for u in range(units):
+            x = blocks.ResNet9Block(
+                filters, zero_init_last_bn=zero_init_last_bn, bn_epsilon=bn_epsilon,
+                bn_momentum=bn_momentum, sync_batchnorm=sync_batchnorm,
+                kernel_initializer=kernel_initializer, kernel_regularizer=kernel_regularizer,
+                name=f"{prefix}_block{u + 1}")(x)
+    if include_top:
+        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+        if dropout_rate:
+            x = layers.Dropout(dropout_rate, name="head_dropout")(x)
+        x = layers.Dense(num_classes, use_bias=False, kernel_initializer="glorot_uniform",
+                         kernel_regularizer=kernel_regularizer, name="predictions")(x)
+        if logit_scale != 1:
+            x = layers.Rescaling(logit_scale, name="logit_scale")(x)
+        x = layers.Activation(classifier_activation or "linear", dtype="float32",
+                              name="predictions_activation")(x)
+    elif pooling == "avg":
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
     return keras.Model(inputs, x, name=name)
 
 

@@ -7,6 +7,9 @@ generic builder (the timm pattern). Glossary:
     resnet14_w2                    CIFAR ResNet-14 at twice the width (32/64/128 filters,
                                    16-filter stem, option A): wide and shallow, 2.5x the
                                    parameters of ResNet-20 at ~1.5x its training cost.
+    resnet9, resnet9_half          ResNet-9 (Page 2018, DAWNBench): conv + max-pool stages
+                                   of 128/256/512 filters (64/128/256 for _half) with two
+                                   residual units; `keras_resnet.models.build_resnet9`.
     resnet{18,34,50,101,152,200}   ImageNet ResNets; bottlenecks stride on the 3x3
                                    (v1.5, torchvision/timm).
     resnet{50,101,152}_v1          the keras.applications layout (conv biases,
@@ -21,7 +24,7 @@ generic builder (the timm pattern). Glossary:
 """
 
 from keras_resnet.weights import imagenet_layout
-from keras_resnet.models import ResNet
+from keras_resnet.models import ResNet, build_resnet9
 
 CIFAR_INPUT = dict(input_shape=(32, 32, 3), num_classes=10)
 IMAGENET_INPUT = dict(input_shape=(224, 224, 3), num_classes=1000)
@@ -45,6 +48,9 @@ def _keras_apps(depth, preact):
 MODEL_CONFIGS = {}
 for d in (20, 32, 44, 56, 110, 1202):
     MODEL_CONFIGS[f"resnet{d}"] = dict(CIFAR_INPUT, depth=d, stem="cifar")
+# `builder` picks a builder other than `ResNet` (the one non-ResNet-family layout).
+MODEL_CONFIGS["resnet9"] = dict(CIFAR_INPUT, builder="resnet9")
+MODEL_CONFIGS["resnet9_half"] = dict(CIFAR_INPUT, builder="resnet9", base_filters=32)
 MODEL_CONFIGS["resnet14_w2"] = dict(CIFAR_INPUT, depth=14, width=2, stem="cifar")
 for d in (18, 34, 50, 101, 152, 200):
     MODEL_CONFIGS[f"resnet{d}"] = dict(IMAGENET_INPUT, depth=d, stem="imagenet")
@@ -99,4 +105,17 @@ def create_model(name, /, **overrides):
     config.setdefault("name", name)
     input_shape = config.pop("input_shape")
     num_classes = config.pop("num_classes")
+    if config.pop("builder", None) == "resnet9":
+        _check_builder_options(build_resnet9, config, name)
+        return build_resnet9(input_shape, num_classes, **config)
     return ResNet(input_shape, num_classes, **config)
+
+
+def _check_builder_options(builder, options, name):
+    import inspect
+
+    valid = set(inspect.signature(builder).parameters)
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise TypeError(f"Model {name!r} got unknown option(s) {unknown}. "
+                        f"Valid options: {', '.join(sorted(valid - {'input_shape', 'num_classes'}))}.")

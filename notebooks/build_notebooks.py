@@ -118,7 +118,7 @@ def quickstart():
     return name, notebook(name, [
         title("title", name, "Quickstart: ResNet-20 on CIFAR-10", '''
             Train the ResNet-20 of He et al. (2015) on CIFAR-10 with `model.fit` and the
-            `cifar10_fast` recipe of `keras_resnet`:
+            `cifar10_fast_resnet20` recipe of `keras_resnet`:
 
             1. load CIFAR-10 with tensorflow-datasets,
             2. build the model in one line, `keras_resnet.ResNet((32, 32, 3), 10)`,
@@ -132,7 +132,7 @@ def quickstart():
         '''),
         INSTALL,
         parameters('''
-            RECIPE = "cifar10_fast"                       # keras_resnet.list_recipes()
+            RECIPE = "cifar10_fast_resnet20"              # keras_resnet.list_recipes()
             EPOCHS = 2 if SMOKE else 34                   # the recipe's 34 epochs
             BATCH_SIZE = 32 if SMOKE else 256             # the recipe's batch of 256
             STEPS_PER_EPOCH = 4 if SMOKE else None        # None: one pass over the training set
@@ -178,7 +178,7 @@ def quickstart():
         md("recipe-md", '''
             ## The recipe
 
-            A recipe is a `TrainConfig`: every field can be overridden by keyword. `cifar10_fast` is
+            A recipe is a `TrainConfig`: every field can be overridden by keyword. `cifar10_fast_resnet20` is
             SGD with Nesterov momentum, a one-cycle learning rate, label smoothing 0.1, L2 weight decay,
             the standard pad-and-crop + flip augmentation, zero-initialised last BatchNorm in each block,
             and flip test-time augmentation.
@@ -282,7 +282,7 @@ def quickstart():
             `fit`, evaluation) and writes a run directory: `config.json`, `environment.json`,
             `history.csv`, `model.keras`, `best.keras`, `metrics.json`, TensorBoard logs and the plots.
             Calling it again with the same `output` resumes an interrupted run. The CLI is the same call:
-            `keras-resnet train --recipe cifar10_fast --output runs/cifar10_fast`.
+            `keras-resnet train --recipe cifar10_fast_resnet20 --output runs/cifar10_fast_resnet20`.
         '''),
         code("train", '''
             run_config = kr.get_recipe(
@@ -543,7 +543,7 @@ def export_and_serving():
         md("train-md", """
             ## A model to export
 
-            One call to `keras_resnet.train` with the `cifar10_fast` recipe; it writes a run directory
+            One call to `keras_resnet.train` with the `cifar10_fast_resnet20` recipe; it writes a run directory
             with `model.keras` and `config.json` (which records the class names and image size).
         """),
         code("train", """
@@ -551,7 +551,7 @@ def export_and_serving():
                 tfds.builder("cifar10", data_dir=DATA_DIR).download_and_prepare()  # once (no-op when prepared)
                 # precision="float32": the TFLite converter rejects mixed-precision (float16/bfloat16) layers,
                 # so this model is trained in float32 (on the GPU all the same).
-                config = kr.get_recipe("cifar10_fast", epochs=EPOCHS, batch_size=BATCH_SIZE, precision="float32",
+                config = kr.get_recipe("cifar10_fast_resnet20", epochs=EPOCHS, batch_size=BATCH_SIZE, precision="float32",
                                        steps_per_epoch=STEPS_PER_EPOCH, max_train_examples=MAX_TRAIN_EXAMPLES,
                                        data_dir=DATA_DIR, seed=SEED, output=os.path.join(WORK_DIR, "runs", "export_demo"))
                 eval_data = None

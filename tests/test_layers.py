@@ -60,6 +60,8 @@ LAYER_CASES = [
     # Squeeze-and-excitation: 16 -> 4 -> 16 with biases.
     (kr.SqueezeExcite, dict(ratio=0.25), (4, 4, 16), (4, 4, 16), 16 * 4 + 4 + 4 * 16 + 16, 0),
     (kr.ZeroPadShortcut, dict(filters=32, strides=2), (7, 7, 16), (4, 4, 32), 0, 0),
+    # ResNet-9's unit: two 3x3 conv + BN on an identity shortcut.
+    (kr.ResNet9Block, dict(filters=8), (4, 4, 8), (4, 4, 8), 2 * (9 * 8 * 8 + 2 * 8), 2 * 2 * 8),
     (kr.DropPath, dict(rate=0.2, seed=1), (4, 4, 8), (4, 4, 8), 0, 0),
 ]
 
@@ -72,7 +74,7 @@ def test_layer_contract(cls, kwargs, in_shape, out_shape, trainable, non_trainab
 
 @pytest.mark.parametrize("cls", [kr.BasicBlock, kr.BottleneckBlock, kr.PreActBasicBlock,
                                  kr.PreActBottleneckBlock, kr.SqueezeExcite, kr.ZeroPadShortcut,
-                                 kr.DropPath])
+                                 kr.DropPath, kr.ResNet9Block])
 def test_layers_are_registered_serializables(cls):
     assert keras.saving.get_registered_name(cls) == f"keras_resnet>{cls.__name__}"
     assert keras.saving.get_registered_object(f"keras_resnet>{cls.__name__}") is cls
@@ -192,6 +194,23 @@ def test_zero_init_last_bn_makes_a_fresh_block_the_identity(cls, kwargs, in_shap
     # Without the option the block is not the identity.
     plain = cls(8, name="b2", **kwargs)
     assert not np.allclose(to_numpy(plain(x)), np.maximum(x, 0), atol=1e-3)
+
+
+def test_resnet9_block_has_its_relu_on_the_branch_not_after_the_add():
+    """x + relu(bn(conv(relu(bn(conv(x)))))): negative inputs pass the sum
+    unchanged, and the branch alone is what gets rectified."""
+    block = kr.ResNet9Block(8, zero_init_last_bn=True, name="u")
+    x = _x((6, 6, 8))
+    assert (x < 0).any()
+    for training in (False, True):
+        np.testing.assert_allclose(to_numpy(block(x, training=training)), x, atol=1e-6)
+    assert block.out_relu is None and block.shortcut_kind == "identity"
+    kinds = [type(l).__name__ for l in block.branch_layers]
+    assert kinds == ["Conv2D", "FusedBatchNormalization", "Activation"] * 2, kinds
+    # With a fresh (non-zero) last BN the branch adds only non-negative values.
+    plain = kr.ResNet9Block(8, name="v")
+    y = to_numpy(plain(x, training=True))
+    assert np.all(y - x >= -1e-6) and np.any(y - x > 1e-3)
 
 
 def test_zero_init_last_bn_with_option_a_shortcut():

@@ -28,6 +28,12 @@ REFERENCE = {
     # 3x3 convs + BN over the sec. 4.2 layout with n=2 and 32/64/128 filters,
     # counted by hand: 464 stem + 32,512 + 129,536 + 517,120 stages + 1,290 head.
     "resnet14_w2": (680_922, 0, "by hand: He et al. 2015 sec. 4.2 layout, n=2, 2x filters"),
+    # Page 2018 (DAWNBench ResNet-9, 6.5M): 3x3 convs of 64, 128 (+2 residual),
+    # 256, 512 (+2 residual) filters with BN, bias-free 512x10 classifier:
+    # 1,728 + 73,728 + 2*147,456 + 294,912 + 1,179,648 + 2*2,359,296 convs,
+    # 2 * 2,240 BN, 5,120 head. Half width: every filter count halved.
+    "resnet9": (6_573_120, 0, "by hand: Page 2018 DAWNBench ResNet-9 (6.5M)"),
+    "resnet9_half": (1_646_112, 0, "by hand: ResNet-9 with half the filters"),
     "resnet18": (11_689_512, 0, TV), "resnet34": (21_797_672, 0, TV),
     "resnet50": (25_557_032, 0, TV), "resnet101": (44_549_160, 0, TV),
     "resnet152": (60_192_808, 0, TV), "resnet200": (64_673_832, 0, "timm resnet200"),
@@ -81,7 +87,8 @@ def _expected_trainable(name, model):
     count, tol, source = REFERENCE[name]
     head = model.get_layer("predictions")
     default_classes = kr.model_config(name)["num_classes"]
-    return count - (default_classes - head.units) * (head.kernel.shape[0] + 1), tol, source
+    per_class = head.kernel.shape[0] + int(head.use_bias)
+    return count - (default_classes - head.units) * per_class, tol, source
 
 
 def _check_structure(name, model):
@@ -102,7 +109,12 @@ def _check_structure(name, model):
     depth = int(re.search(r"(\d+)", name.replace("resnext", "resnet")).group(1))
     if name.startswith("wrn"):
         depth -= 2  # WRN-d-k counts d = 6n + 4, the two downsampling shortcut convs included
-    assert depth_of(model) == depth, f"{name}: {depth_of(model)} layers"
+    if name.startswith("resnet9"):
+        # Its transition convs sit outside the residual units: count every layer.
+        weighted = [l for l in all_layers(model) if isinstance(l, (keras.layers.Conv2D, keras.layers.Dense))]
+        assert len(weighted) == depth, f"{name}: {len(weighted)} layers"
+    else:
+        assert depth_of(model) == depth, f"{name}: {depth_of(model)} layers"
     names = [b.name for b in blocks_of(model)]
     assert all(re.fullmatch(r"conv[2-5]_block\d+", n) for n in names), names[:5]
 
@@ -176,10 +188,11 @@ def test_named_constructors_map_to_registered_models(monkeypatch):
     calls = []
     monkeypatch.setattr(kr, "create_model", lambda name, **kw: calls.append((name, kw)) or name)
     constructors = {n: getattr(kr, n) for n in dir(kr)
-                    if re.fullmatch(r"(PreAct|SE|Wide)?Res(Net|NeXt)\d+\w*", n)}
+                    if re.fullmatch(r"(PreAct|SE|Wide)?Res(Net|NeXt)\d+\w*", n)
+                    and not isinstance(getattr(kr, n), type)}  # not the ResNet9Block layer
     assert {"ResNet20", "ResNet50", "PreActResNet18", "WideResNet28_10", "ResNeXt50_32x4d",
             "ResNet1202", "PreActResNet1001", "ResNet50V1", "ResNet50V2", "ResNet50D",
-            "SEResNet50"} <= set(constructors)
+            "SEResNet50", "ResNet9", "ResNet9Half"} <= set(constructors)
     for n, constructor in constructors.items():
         target = constructor((40, 40, 3), 5, dropout_rate=0.1)
         assert target in kr.list_models(), f"{n} -> unknown model {target!r}"
@@ -227,6 +240,41 @@ def test_docs_registry_table_is_complete_and_matches_the_references():
 
 
 # --- feature extraction and heads --------------------------------------------
+
+def test_resnet9_layout_and_options():
+    model = kr.ResNet9Half()
+    names = [l.name for l in model.layers]
+    for stage, filters in (("conv2", 64), ("conv3", 128), ("conv4", 256)):
+        # conv -> max-pool -> BN -> ReLU: BN and ReLU run on the pooled map.
+        i = names.index(f"{stage}_conv")
+        assert names[i:i + 4] == [f"{stage}_conv", f"{stage}_pool", f"{stage}_bn", f"{stage}_relu"]
+        assert model.get_layer(f"{stage}_conv").filters == filters
+    assert [b.name for b in blocks_of(model)] == ["conv2_block1", "conv4_block1"]
+    assert model.get_layer("max_pool").output.shape == (None, 256)
+    assert not model.get_layer("predictions").use_bias
+    # The logits are scaled by 1/8 (Page): compare against the unscaled model.
+    logits = kr.create_model("resnet9_half", classifier_activation=None)
+    plain = kr.create_model("resnet9_half", classifier_activation=None, logit_scale=1.0)
+    plain.set_weights(logits.get_weights())
+    x = random_inputs(logits)
+    np.testing.assert_allclose(to_numpy(logits(x)), 0.125 * to_numpy(plain(x)), rtol=1e-5, atol=1e-6)
+    assert trainable_count(kr.create_model("resnet9", num_classes=100)) == 6_573_120 + 90 * 512
+    headless = kr.create_model("resnet9", include_top=False, pooling="avg", input_shape=(64, 64, 3))
+    assert headless.output_shape == (None, 512)
+    l2 = kr.create_model("resnet9_half", weight_decay=5e-4)
+    assert all(l.kernel_regularizer.l2 == pytest.approx(2.5e-4) for l in all_layers(l2)
+               if isinstance(l, (keras.layers.Conv2D, keras.layers.Dense)))
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(input_shape=(4, 4, 3)), ValueError, r"smallest input is 8x8. Received: input_shape=\(4, 4, 3\)"),
+    (dict(base_filters=0), ValueError, "Received: base_filters=0"),
+    (dict(drop_path_rate=0.1), TypeError, r"'resnet9' got unknown option\(s\) \['drop_path_rate'\]"),
+])
+def test_resnet9_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        kr.create_model("resnet9", **kwargs)
+
 
 @pytest.mark.parametrize("name, channels", [
     ("resnet18", (64, 128, 256, 512)),
