@@ -713,7 +713,7 @@ def scaling():
         parameters("""
             RECIPE = "cifar10_fast"
             PER_REPLICA_BATCH = 32 if SMOKE else 128      # the global batch is this x replicas
-            EPOCHS = 2 if SMOKE else 34                   # the recipe's 34 epochs
+            EPOCHS = 2 if SMOKE else 22                   # the recipe's 22 epochs
             STEPS_PER_EPOCH = 4 if SMOKE else None        # None: one pass over the training set
             MAX_TRAIN_EXAMPLES = 256 if SMOKE else None   # None: all 50,000 training images
             EVAL_EXAMPLES = 256 if SMOKE else None        # None: all 10,000 test images
