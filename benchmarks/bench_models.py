@@ -10,6 +10,7 @@ Models (batch 32, synthetic data, the same SGD + cross-entropy compile for all):
     keras_resnet resnet50         224 px, the default v1.5 layout (torchvision: no conv biases,
                                   stride on the 3x3)
     keras_resnet resnet20         32 px, CIFAR ResNet-20 (no keras.applications counterpart)
+    keras_resnet resnet9_half     32 px, ResNet-9 at half width (the cifar10_fast net)
     keras-hub ResNet50            224 px, keras-hub's ResNetBackbone in its ResNet-50 layout +
                                   the same head; only when keras_hub imports (`--keras-hub 0`
                                   skips it)
@@ -42,7 +43,8 @@ from common import hardware, print_hardware, write_json  # noqa: E402
 REFERENCE = "keras.applications ResNet50"
 SAME_ARCH = "keras_resnet resnet50_v1"
 KERAS_HUB = "keras-hub ResNet50"
-MODELS = (REFERENCE, SAME_ARCH, "keras_resnet resnet50", "keras_resnet resnet20")
+SMALL = {"keras_resnet resnet20": "resnet20@32", "keras_resnet resnet9_half": "resnet9_half@32"}
+MODELS = (REFERENCE, SAME_ARCH, "keras_resnet resnet50", *SMALL)
 
 
 def short_name(name):
@@ -79,8 +81,8 @@ def build(name, image_size):
         x = keras.layers.GlobalAveragePooling2D()(backbone(inputs))
         outputs = keras.layers.Dense(1000, activation="softmax", dtype="float32")(x)
         model = keras.Model(inputs, outputs, name="keras_hub_resnet50")
-    elif name == "keras_resnet resnet20":
-        model = kr.create_model("resnet20")
+    elif name in SMALL:
+        model = kr.create_model(name.split()[-1])
     else:
         model = kr.create_model(name.split()[-1], input_shape=(image_size, image_size, 3))
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
@@ -96,7 +98,7 @@ class Bench:
         import tensorflow as tf
 
         self.name = name
-        self.small = name.endswith("resnet20")
+        self.small = name in SMALL
         self.size = 32 if self.small else image_size
         self.model = build(name, self.size)
         classes = self.model.output_shape[-1]
@@ -133,7 +135,7 @@ class Bench:
     def result(self, precision):
         return {
             "name": self.name, "precision": precision, "batch": self.batch, "image_size": self.size,
-            "flops_key": "resnet20@32" if self.small else ("resnet50@224" if self.size == 224 else None),
+            "flops_key": SMALL[self.name] if self.small else ("resnet50@224" if self.size == 224 else None),
             "train_img_s": round(statistics.median(self.train), 2),
             "infer_img_s": round(statistics.median(self.infer), 2),
             "train_img_s_rounds": [round(v, 2) for v in self.train],

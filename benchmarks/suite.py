@@ -12,7 +12,9 @@ script as a subprocess writing JSON, then merges them:
     bench_serving.py     exported SavedModel latency/throughput vs keras.applications export
 
 Each figure is also reported as a fraction of the matmul peak, using the known
-forward MAC counts in `common.FORWARD_GMACS` (training ~ 3x forward).
+forward MAC counts in `common.FORWARD_GMACS` (training ~ 3x forward). The report
+also collects the time-to-accuracy records of the CIFAR-10 runs kept in
+`docs/results/*/` (`metrics.json` + `config.json`: too long to re-run here).
 """
 
 import argparse
@@ -50,6 +52,38 @@ def run(script, out_json, args, timeout):
     return result
 
 
+RESULTS_DIR = os.path.join(os.path.dirname(HERE), "docs", "results")
+
+
+def time_to_accuracy(results_dir=RESULTS_DIR):
+    """One row per recorded training run: model, epochs, precision, wall time, accuracy."""
+    rows = []
+    for name in sorted(os.listdir(results_dir)) if os.path.isdir(results_dir) else []:
+        metrics_path = os.path.join(results_dir, name, "metrics.json")
+        config_path = os.path.join(results_dir, name, "config.json")
+        if not (os.path.exists(metrics_path) and os.path.exists(config_path)):
+            continue
+        with open(metrics_path) as f:
+            metrics = json.load(f)
+        with open(config_path) as f:
+            config = json.load(f)
+        config = config.get("config", config)  # a run's config.json nests the TrainConfig
+        if "test_accuracy" not in metrics:
+            continue
+        rows.append({"run": name, "recipe": config.get("recipe"), "model": config.get("model"),
+                     "model_options": config.get("model_options") or {},
+                     "dataset": config.get("dataset"), "epochs": metrics.get("epochs"),
+                     "precision": metrics.get("precision"),
+                     "train_seconds": metrics.get("train_seconds_this_session"),
+                     "test_accuracy": metrics["test_accuracy"],
+                     "test_accuracy_flip_tta": metrics.get("test_accuracy_flip_tta")})
+    return rows
+
+
+def _pct(value):
+    return f"{100 * value:.2f}%" if isinstance(value, (int, float)) else ""
+
+
 def markdown(results):
     hw = results["hardware"]
     lines = [f"Hardware: {hw['cpu']}, {hw['cores']} cores; TensorFlow {hw.get('tensorflow')}, "
@@ -73,11 +107,29 @@ def markdown(results):
             lines.append(f"| ratio {k} | | {v} | | | |")
         if "skipped" in block:
             lines.append(f"| {name} | skipped: {block['skipped']} | | | | |")
-    for name in ("pipeline", "serving"):
-        block = results.get(name, {})
-        if block:
-            lines += ["", f"**{name}**: `" + json.dumps({k: v for k, v in block.items()
-                                                         if k not in ("hardware",)}, default=str)[:1500] + "`"]
+    pipeline = results.get("pipeline", {})
+    if pipeline.get("ratios"):
+        lines += ["", "| input pipeline | pipeline img/s / training img/s |", "| --- | ---: |"]
+        lines += [f"| {k} | {v} |" for k, v in pipeline["ratios"].items()]
+    elif "skipped" in pipeline:
+        lines += ["", f"input pipeline skipped: {pipeline['skipped']}"]
+    serving = results.get("serving", {})
+    if serving.get("results"):
+        lines += ["", "| SavedModel (serving) | latency batch 1, ms | throughput, img/s |",
+                  "| --- | ---: | ---: |"]
+        lines += [f"| {r['name']} | {r.get('latency_b1_ms_median')} | {r.get('throughput_b32_img_s_median')} |"
+                  for r in serving["results"]]
+        lines += [f"| ratio {k} | | {v} |" for k, v in serving.get("ratios", {}).items()]
+    elif "skipped" in serving:
+        lines += ["", f"serving skipped: {serving['skipped']}"]
+    runs = results.get("time_to_accuracy", [])
+    if runs:
+        lines += ["", "| training run (docs/results) | model | epochs | precision | training s | test acc | flip TTA |",
+                  "| --- | --- | ---: | --- | ---: | ---: | ---: |"]
+        for r in runs:
+            model = r["model"] + "".join(f" {k}={v}" for k, v in r["model_options"].items())
+            lines.append(f"| {r['run']} | {model} | {r['epochs']} | {r['precision']} | "
+                         f"{r['train_seconds']} | {_pct(r['test_accuracy'])} | {_pct(r['test_accuracy_flip_tta'])} |")
     return "\n".join(lines)
 
 
@@ -98,6 +150,7 @@ def main(argv=None):
     results["torch"] = run("bench_torch.py", f"{args.out}/torch.json", quick, args.timeout)
     results["pipeline"] = run("bench_pipeline.py", f"{args.out}/pipeline.json", quick, args.timeout)
     results["serving"] = run("bench_serving.py", f"{args.out}/serving.json", quick, args.timeout)
+    results["time_to_accuracy"] = time_to_accuracy()
     table = markdown(results)
     with open(os.path.join(args.out, "suite.json"), "w") as f:
         json.dump(results, f, indent=2, default=str)

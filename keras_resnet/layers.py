@@ -119,6 +119,7 @@ class FusedBatchNormalization(layers.BatchNormalization):
 
 
 _FUSED_BATCHNORM = [True]
+_FOLD_INTO_SUM = [True]
 
 
 def conv_then_batchnorm(conv, bn, x, training=None):
@@ -140,6 +141,31 @@ def conv_then_batchnorm(conv, bn, x, training=None):
     return bn.fused_inference_call(conv.convolution_op(x, conv.kernel), input_bias=conv.bias)
 
 
+def folded_conv_batchnorm(conv, bn, x):
+    """Inference-mode `bn(conv(x))` as one convolution plus a bias: the BatchNorm
+    is folded into the kernel (`w * gamma / sqrt(var + eps)`) and the bias.
+
+    `ResidualBlock` uses it for the last convolution of a post-activation
+    branch: `relu(shortcut + conv(x) + bias)` is the Conv2D + BiasAdd + Add +
+    Relu pattern that TensorFlow's oneDNN remapper turns into a single
+    `_FusedConv2D` (the sum and the ReLU run as post-ops of the convolution),
+    where a FusedBatchNormV3 would leave the residual add and the ReLU as two
+    more passes over memory. The fold is recomputed every call from the
+    variables (a few multiplies per kernel weight), so it also holds while the
+    moving statistics or a frozen BatchNorm's fine-tuned convolution change.
+    """
+    import tensorflow as tf
+
+    scale = tf.cast(bn.gamma, tf.float32) * tf.math.rsqrt(
+        tf.cast(bn.moving_variance, tf.float32) + bn.epsilon)
+    shift = tf.cast(bn.beta, tf.float32) - tf.cast(bn.moving_mean, tf.float32) * scale
+    if conv.use_bias:
+        shift = shift + tf.cast(conv.bias, tf.float32) * scale
+    kernel = tf.cast(tf.cast(conv.kernel, tf.float32) * scale, conv.compute_dtype)
+    y = conv.convolution_op(x, kernel)
+    return tf.nn.bias_add(y, tf.cast(shift, y.dtype))
+
+
 @contextlib.contextmanager
 def unfused_batchnorm():
     """Traces `FusedBatchNormalization` as Keras's composition of ops.
@@ -153,6 +179,18 @@ def unfused_batchnorm():
         yield
     finally:
         _FUSED_BATCHNORM[0] = previous
+
+
+@contextlib.contextmanager
+def unfolded_residual_sum():
+    """Traces blocks without `folded_conv_batchnorm` (for A/B benchmarks): the
+    last BatchNorm stays a FusedBatchNormV3 and the sum and ReLU separate ops."""
+    previous = _FOLD_INTO_SUM[0]
+    _FOLD_INTO_SUM[0] = False
+    try:
+        yield
+    finally:
+        _FOLD_INTO_SUM[0] = previous
 
 
 def batch_normalization(**kwargs):
@@ -438,6 +476,11 @@ class ResidualBlock(layers.Layer):
         # (He et al. 2016), identities from the raw input.
         shortcut = pre if (self.preactivation and self.shortcut_kind in ("projection", "avg_pool")) else x
         shortcut = self._apply(self.shortcut_layers, shortcut, training)
+        if self._folds_last_conv_into_the_sum(pre, training):
+            # relu(shortcut + conv(y) + bias): one fused oneDNN convolution.
+            y = self._apply(self.branch_layers[:-2], pre, training)
+            y = folded_conv_batchnorm(self.branch_layers[-2], self.branch_layers[-1], y)
+            return self.out_relu(self.add([shortcut, y]))
         y = self._apply(self.branch_layers, pre, training)
         if self.se is not None:
             y = self.se(y)
@@ -447,6 +490,20 @@ class ResidualBlock(layers.Layer):
         if self.out_relu is not None:
             y = self.out_relu(y)
         return y
+
+    def _folds_last_conv_into_the_sum(self, x, training):
+        """Inference through a post-activation block whose branch ends in
+        conv -> BatchNorm, with nothing between the sum and its ReLU."""
+        if (not _FOLD_INTO_SUM[0] or self.preactivation or self.out_relu is None
+                or self.se is not None):
+            return False
+        if self.drop_path is not None and training:
+            return False
+        if len(self.branch_layers) < 2:
+            return False
+        conv, bn = self.branch_layers[-2:]
+        return (isinstance(conv, layers.Conv2D) and isinstance(bn, FusedBatchNormalization)
+                and not (bool(training) and bn.trainable) and bn._fusable(x, None))
 
     @staticmethod
     def _apply(steps, x, training):

@@ -376,6 +376,65 @@ def test_models_use_the_fused_batchnorm_unless_synchronized():
     assert all(l.fused_inference for l in plain)
 
 
+def _assert_conv_biasadd_add_relu_tail(graph):
+    """The block ends Conv2D -> BiasAdd -> AddV2(shortcut) -> Relu: the pattern
+    the oneDNN remapper fuses into one `_FusedConv2D` (BiasAdd, Add, Relu)."""
+    relu = [op for op in graph.get_operations() if op.type == "Relu"][-1]
+    add = relu.inputs[0].op
+    assert add.type == "AddV2", add.type
+    bias_add = [t.op for t in add.inputs if t.op.type == "BiasAdd"]
+    assert len(bias_add) == 1, [t.op.type for t in add.inputs]
+    assert bias_add[0].inputs[0].op.type == "Conv2D"
+
+
+@pytest.mark.parametrize("cls, kwargs, in_shape", [
+    (kr.BasicBlock, dict(filters=8), (6, 6, 8)),
+    (kr.BasicBlock, dict(filters=16, strides=2, shortcut="zero_pad"), (6, 6, 8)),
+    (kr.BottleneckBlock, dict(filters=4, strides=2, drop_path_rate=0.2), (6, 6, 8)),
+])
+@pytest.mark.parametrize("precision, atol", [("float32", 1e-5), ("mixed_bfloat16", 0.05)])
+def test_inference_folds_the_last_batchnorm_into_the_residual_sum(cls, kwargs, in_shape, precision, atol):
+    """Inference computes relu(shortcut + conv_folded(y) + bias) and agrees with
+    the layer-by-layer block; training (batch statistics) is untouched; a frozen
+    BatchNorm (fine-tuning) takes the folded path and still trains the conv."""
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        block = cls(name="b", **kwargs)
+        x = _x(in_shape, batch=4)
+        block.build(x.shape)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    rng = np.random.default_rng(2)
+    for layer in block._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.set_weights([rng.uniform(0.5, 1.5, w.shape) for w in layer.get_weights()])
+
+    def layer_by_layer(x, training):
+        shortcut = x
+        for layer in block.shortcut_layers:
+            shortcut = layer(shortcut, training=training)
+        y = x
+        for layer in block.branch_layers:
+            y = layer(y, training=training)
+        return block.out_relu(shortcut + y)
+
+    for training in (False, True) if block.drop_path is None else (False,):  # drop-path is random
+        want = to_numpy(layer_by_layer(x, training)).astype("float32")
+        got = to_numpy(block(x, training=training)).astype("float32")
+        np.testing.assert_allclose(got, want, atol=atol * max(1.0, np.abs(want).max()), err_msg=str(training))
+    graph = tf.function(lambda t: block(t, training=False)).get_concrete_function(
+        tf.TensorSpec(x.shape, "float32")).graph
+    _assert_conv_biasadd_add_relu_tail(graph)
+    # Frozen BatchNorm while training: the folded path, with a gradient for the last conv.
+    last_conv, last_bn = block.branch_layers[-2:]
+    last_bn.trainable = False
+    assert block._folds_last_conv_into_the_sum(x, training=True) == (block.drop_path is None)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.cast(block(x, training=True), "float32") ** 2)
+    grad = tape.gradient(loss, last_conv.kernel)
+    assert grad is not None and np.any(to_numpy(grad))
+
+
 @pytest.mark.parametrize("precision, atol", [("float32", 1e-4), ("mixed_bfloat16", 0.1)])
 def test_biased_conv_bias_moves_into_the_fused_batchnorm_at_inference(precision, atol):
     """A keras.applications-layout block (biased convs) infers through
@@ -406,13 +465,17 @@ def test_biased_conv_bias_moves_into_the_fused_batchnorm_at_inference(precision,
     want = to_numpy(layer_by_layer(x, False)).astype("float32")
     got = to_numpy(block(x, training=False)).astype("float32")
     np.testing.assert_allclose(got, want, atol=atol * max(1.0, np.abs(want).max()))
-    # The inference graph runs every BatchNorm as one FusedBatchNormV3 straight
-    # after its convolution (Keras's own BatchNorm would show none).
+    # The inference graph runs the shortcut's and the first two BatchNorms as one
+    # FusedBatchNormV3 straight after their convolution (Keras's own BatchNorm
+    # would show none), with no bias add in between; the last BatchNorm is folded.
     graph = tf.function(lambda t: block(t, training=False)).get_concrete_function(
         tf.TensorSpec(x.shape, "float32")).graph
     ops = [op.type for op in graph.get_operations()]
-    assert ops.count("FusedBatchNormV3") == 4, ops
-    assert ops.count("AddV2") == 1, ops  # the residual sum; no bias adds left
+    assert ops.count("FusedBatchNormV3") == 3, ops
+    for op in graph.get_operations():
+        if op.type == "FusedBatchNormV3":
+            assert op.inputs[0].op.type == "Conv2D", op.inputs[0].op.type
+    _assert_conv_biasadd_add_relu_tail(graph)
     # Training still adds the bias and normalises with batch statistics (the
     # outputs do not depend on the moving statistics the two calls update).
     want_train = to_numpy(layer_by_layer(x, True)).astype("float32")

@@ -1,0 +1,88 @@
+"""The benchmark scripts: the suite's report arithmetic, and a smoke run of the
+model benchmark (`--quick`: its numbers are not the benchmark, the script is)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import common  # noqa: E402
+import suite  # noqa: E402
+
+
+def test_flop_counts():
+    # Training is ~3x the forward pass; FLOPs are 2x MACs.
+    assert common.train_gflops("resnet50@224") == pytest.approx(6 * 4.09)
+    # ResNet-9 at half width: five 3x3 layers of 18.9M MACs each, plus stem and head.
+    layer = 32 * 32 * 9 * 32 * 64
+    assert common.FORWARD_GMACS["resnet9_half@32"] == pytest.approx(
+        (5 * layer + 32 * 32 * 27 * 32 + 256 * 10) / 1e9, rel=1e-3)
+
+
+def _record(root, name, model, seconds, acc, tta):
+    run = root / name
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"config": {"recipe": "cifar10_fast", "model": model,
+                                                            "model_options": {}, "dataset": "cifar10"}}))
+    (run / "metrics.json").write_text(json.dumps({"epochs": 3, "precision": "mixed_bfloat16",
+                                                  "train_seconds_this_session": seconds,
+                                                  "test_accuracy": acc, "test_accuracy_flip_tta": tta}))
+
+
+def test_suite_report_has_peak_fractions_pipeline_serving_and_time_to_accuracy(tmp_path):
+    _record(tmp_path, "run_a", "resnet9_half", 983.0, 0.9208, 0.928)
+    (tmp_path / "not_a_run").mkdir()
+    runs = suite.time_to_accuracy(str(tmp_path))
+    assert [r["run"] for r in runs] == ["run_a"]
+    peak = 100.0
+    results = {
+        "hardware": {"cpu": "test cpu", "cores": 2, "python": "3.x", "tensorflow": "t", "keras": "k"},
+        "matmul": {"matmul_gflops": {"float32": peak, "bfloat16": 4 * peak}},
+        # 2 img/s x 24.54 GFLOP = 49.08 GFLOP/s: 49% of the fp32 peak; infer 10 x 8.18 = 82%.
+        "models_float32": {"results": [{"name": "keras_resnet resnet50", "precision": "float32",
+                                        "flops_key": "resnet50@224", "train_img_s": 2.0,
+                                        "infer_img_s": 10.0}],
+                           "ratios": {"resnet50 / keras.applications train": 1.4}},
+        "models_mixed": {"skipped": "bench_models.py exited 1"},
+        "pipeline": {"ratios": {"CIFAR-10, cifar aug, cached": 37.6}},
+        "serving": {"results": [{"name": "kr_fold", "latency_b1_ms_median": 54.4,
+                                 "throughput_b32_img_s_median": 33.5}], "ratios": {"fold": 1.13}},
+        "time_to_accuracy": runs,
+    }
+    table = suite.markdown(results)
+    assert "| keras_resnet resnet50 | float32 | 2.0 | 10.0 | 49% | 82% |" in table
+    assert "| ratio resnet50 / keras.applications train | | 1.4 |" in table
+    assert "skipped: bench_models.py exited 1" in table
+    assert "| CIFAR-10, cifar aug, cached | 37.6 |" in table
+    assert "| kr_fold | 54.4 | 33.5 |" in table
+    assert "| run_a | resnet9_half | 3 | mixed_bfloat16 | 983.0 | 92.08% | 92.80% |" in table
+
+
+def test_the_recorded_runs_are_in_the_report():
+    """Every run record the README cites is readable by the suite."""
+    names = {r["run"] for r in suite.time_to_accuracy()}
+    assert {"cifar10_fast_resnet9half_22ep", "cifar10_fast_resnet20_34ep"} <= names
+
+
+def test_bench_models_quick_smoke(tmp_path):
+    out = tmp_path / "models.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_models.py"), "--quick", "--keras-hub", "0",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=900, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    names = [r["name"] for r in report["results"]]
+    assert names == ["keras.applications ResNet50", "keras_resnet resnet50_v1", "keras_resnet resnet50",
+                     "keras_resnet resnet20", "keras_resnet resnet9_half"]
+    assert all(r["train_img_s"] > 0 and r["infer_img_s"] > 0 for r in report["results"])
+    assert set(report["ratios"]) == {f"{m} / keras.applications {k}" for m in ("resnet50_v1", "resnet50")
+                                     for k in ("train", "infer")}
+    assert report["quick"] and report["hardware"]["cores"] == os.cpu_count()
+    assert "ratio resnet50_v1 / keras.applications train" in proc.stdout
