@@ -382,9 +382,10 @@ def _assert_conv_biasadd_add_relu_tail(graph):
     relu = [op for op in graph.get_operations() if op.type == "Relu"][-1]
     add = relu.inputs[0].op
     assert add.type == "AddV2", add.type
+    # The branch's last conv (a projection shortcut is a folded conv too).
     bias_add = [t.op for t in add.inputs if t.op.type == "BiasAdd"]
-    assert len(bias_add) == 1, [t.op.type for t in add.inputs]
-    assert bias_add[0].inputs[0].op.type == "Conv2D"
+    assert bias_add, [t.op.type for t in add.inputs]
+    assert all(b.inputs[0].op.type == "Conv2D" for b in bias_add)
 
 
 @pytest.mark.parametrize("cls, kwargs, in_shape", [
@@ -436,10 +437,10 @@ def test_inference_folds_the_last_batchnorm_into_the_residual_sum(cls, kwargs, i
 
 
 @pytest.mark.parametrize("precision, atol", [("float32", 1e-4), ("mixed_bfloat16", 0.1)])
-def test_biased_conv_bias_moves_into_the_fused_batchnorm_at_inference(precision, atol):
-    """A keras.applications-layout block (biased convs) infers through
-    conv -> FusedBatchNormV3 with the bias folded into the moving mean, so TF can
-    fuse the pair; outputs equal the layer-by-layer `bn(conv(x))` in every mode."""
+def test_biased_conv_and_batchnorm_fold_into_one_conv_at_inference(precision, atol):
+    """A keras.applications-layout block (biased convs) infers through one
+    Conv2D + BiasAdd per pair, which TF fuses with the ReLU (and the residual
+    sum); outputs equal the layer-by-layer `bn(conv(x))` in every mode."""
     keras.mixed_precision.set_global_policy(precision)
     try:
         block = kr.BottleneckBlock(8, strides=2, conv_bias=True, stride_on="1x1", name="b")
@@ -465,17 +466,25 @@ def test_biased_conv_bias_moves_into_the_fused_batchnorm_at_inference(precision,
     want = to_numpy(layer_by_layer(x, False)).astype("float32")
     got = to_numpy(block(x, training=False)).astype("float32")
     np.testing.assert_allclose(got, want, atol=atol * max(1.0, np.abs(want).max()))
-    # The inference graph runs the shortcut's and the first two BatchNorms as one
-    # FusedBatchNormV3 straight after their convolution (Keras's own BatchNorm
-    # would show none), with no bias add in between; the last BatchNorm is folded.
+    # At inference every conv + BatchNorm pair (the biased conv's bias included)
+    # is one Conv2D + BiasAdd: no BatchNorm op and no second bias add remain.
     graph = tf.function(lambda t: block(t, training=False)).get_concrete_function(
         tf.TensorSpec(x.shape, "float32")).graph
     ops = [op.type for op in graph.get_operations()]
-    assert ops.count("FusedBatchNormV3") == 3, ops
-    for op in graph.get_operations():
-        if op.type == "FusedBatchNormV3":
-            assert op.inputs[0].op.type == "Conv2D", op.inputs[0].op.type
+    assert ops.count("FusedBatchNormV3") == 0 and ops.count("BiasAdd") == 4, ops
+    assert all(op.inputs[0].op.type == "Conv2D" for op in graph.get_operations() if op.type == "BiasAdd")
     _assert_conv_biasadd_add_relu_tail(graph)
+    # unfolded_inference() (the A/B baseline): one FusedBatchNormV3 per conv, the
+    # bias moved into its moving mean, the same outputs.
+    from keras_resnet.layers import unfolded_inference
+
+    with unfolded_inference():
+        unfolded = tf.function(lambda t: block(t, training=False)).get_concrete_function(
+            tf.TensorSpec(x.shape, "float32")).graph
+        got_unfolded = to_numpy(block(x, training=False)).astype("float32")
+    ops = [op.type for op in unfolded.get_operations()]
+    assert ops.count("FusedBatchNormV3") == 4 and ops.count("BiasAdd") == 0, ops
+    np.testing.assert_allclose(got_unfolded, want, atol=atol * max(1.0, np.abs(want).max()))
     # Training still adds the bias and normalises with batch statistics (the
     # outputs do not depend on the moving statistics the two calls update).
     want_train = to_numpy(layer_by_layer(x, True)).astype("float32")
