@@ -70,7 +70,11 @@ class FusedBatchNormalization(layers.BatchNormalization):
         return {**super().get_config(), "fused_inference": self.fused_inference}
 
     def _fusable(self, inputs, mask):
-        return (_FUSED_BATCHNORM[0] and keras.backend.backend() == "tensorflow" and mask is None
+        return _FUSED_BATCHNORM[0] and self._foldable(inputs, mask)
+
+    def _foldable(self, inputs, mask=None):
+        """Inference can fold into the preceding convolution (any TF graph mode)."""
+        return (keras.backend.backend() == "tensorflow" and mask is None
                 and not self.renorm
                 and not self.synchronized and len(inputs.shape) == 4
                 and self.axis in (-1, 3) and self.scale and self.center)
@@ -136,11 +140,13 @@ def conv_then_batchnorm(conv, bn, x, training=None):
     anything `FusedBatchNormalization` cannot fuse take `bn(conv(x))`.
     """
     inference = not (bool(training) and bn.trainable)
-    if not (inference and isinstance(bn, FusedBatchNormalization) and bn._fusable(x, None)):
+    if not (inference and isinstance(bn, FusedBatchNormalization) and bn._foldable(x)):
         return bn(conv(x), training=training)
     if _FOLD_AT_INFERENCE[0]:
+        # Also under `unfused_batchnorm()` (the export): the fold's multiplies
+        # on frozen weights constant-fold, leaving Conv2D + BiasAdd.
         return folded_conv_batchnorm(conv, bn, x)
-    if not conv.use_bias:  # unfolded_inference(): the previous behaviour
+    if not (conv.use_bias and bn._fusable(x, None)):  # unfolded_inference(): the previous path
         return bn(conv(x), training=training)
     # BN(conv(x) + b) == BN'(conv(x)) with the moving mean shifted by -b.
     return bn.fused_inference_call(conv.convolution_op(x, conv.kernel), input_bias=conv.bias)
@@ -509,7 +515,7 @@ class ResidualBlock(layers.Layer):
             return False
         conv, bn = self.branch_layers[-2:]
         return (isinstance(conv, layers.Conv2D) and isinstance(bn, FusedBatchNormalization)
-                and not (bool(training) and bn.trainable) and bn._fusable(x, None))
+                and not (bool(training) and bn.trainable) and bn._foldable(x))
 
     @staticmethod
     def _apply(steps, x, training):

@@ -322,7 +322,9 @@ def test_mixed_precision_model_exports(tmp_path):
         path = ex.export(model, str(tmp_path), warmup=False, fold_batchnorm=fold)["saved_model"]
         got = tf.saved_model.load(path).signatures["predict_images_uint8"](images=tf.constant(x))["probabilities"]
         assert got.dtype == tf.float32
-        np.testing.assert_allclose(got.numpy(), reference(model, x), atol=1e-3)
+        # bfloat16 keeps 8 mantissa bits (0.4% relative): the exported graph folds
+        # BatchNorm into the kernels before rounding them, predict() after.
+        np.testing.assert_allclose(got.numpy(), reference(model, x), atol=3e-3)
 
 
 # ============================================================================ bad requests
