@@ -30,7 +30,7 @@ def loss_trajectory(npz, out_dir, strategy, model_options="{}"):
     for strategy in (strategy,):
         spy = StepLosses()
         cfg = recipes.get_recipe(
-            "cifar10_fast", dataset=npz, model="resnet20", batch_size=32, epochs=2,
+            "cifar10_fast_resnet20", dataset=npz, model="resnet20", batch_size=32, epochs=2,
             steps_per_epoch=4, precision="float32", strategy=strategy, augment=None,
             sync_batchnorm=True, seed=7, model_options=json.loads(model_options), output=f"{out_dir}/{strategy}", verbose=0, tta_flip=False)
         result = train(cfg, extra_callbacks=[spy])

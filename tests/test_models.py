@@ -350,10 +350,13 @@ def test_preprocessing_takes_raw_uint8_pixels():
     mean, std = kr.NORMALIZATION_STATS["cifar10"]
     np.testing.assert_allclose(out, to_numpy(plain((pixels - np.float32(mean)) / np.float32(std))),
                                rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(model.predict(pixels, verbose=0), out, rtol=1e-5, atol=1e-5)
+    # predict() runs the graph, where oneDNN fuses each folded conv with its bias,
+    # sum and ReLU: float32 rounding of logits as large as ~100.
+    atol = 1e-6 * np.abs(out).max()
+    np.testing.assert_allclose(model.predict(pixels, verbose=0), out, rtol=1e-5, atol=atol)
     import tensorflow as tf
     ds = tf.data.Dataset.from_tensor_slices(pixels).batch(2)  # a uint8 pipeline
-    np.testing.assert_allclose(model.predict(ds, verbose=0), out, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.predict(ds, verbose=0), out, rtol=1e-5, atol=atol)
 
 
 def test_input_tensor():
