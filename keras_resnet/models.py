@@ -150,6 +150,34 @@ def _stem(x, stem, filters, preact, conv_kwargs, bn_kwargs):
     return layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
 
 
+def _check_head_and_decay(include_top, num_classes, weight_decay, kernel_regularizer,
+                          dropout_rate, classifier_activation):
+    """The checks every builder shares; returns the kernel regularizer to use.
+
+    `weight_decay` is an L2 coefficient in the SGD sense: Keras L2(l) adds
+    l * sum(w**2), whose gradient is 2 * l * w, hence l = weight_decay / 2.
+    """
+    if include_top and (not _is_int(num_classes) or num_classes < 1):
+        raise ValueError(f"`num_classes` must be a positive int. Received: num_classes={num_classes!r}")
+    for arg, value in (("dropout_rate", dropout_rate), ("weight_decay", weight_decay)):
+        if not _is_real(value):
+            raise ValueError(f"`{arg}` must be a number. Received: {arg}={value!r}")
+    if not 0.0 <= dropout_rate < 1.0:
+        raise ValueError(f"`dropout_rate` must be in [0, 1). Received: dropout_rate={dropout_rate!r}")
+    if weight_decay < 0:
+        raise ValueError(f"`weight_decay` must be >= 0. Received: weight_decay={weight_decay!r}")
+    if weight_decay and kernel_regularizer is not None:
+        raise ValueError("Pass either `weight_decay` or `kernel_regularizer`, not both. "
+                         f"Received: weight_decay={weight_decay}, kernel_regularizer={kernel_regularizer!r}")
+    if classifier_activation is not None:
+        try:
+            keras.activations.get(classifier_activation)
+        except (ValueError, TypeError):
+            raise ValueError(f"Unknown `classifier_activation`. Received: "
+                             f"classifier_activation={classifier_activation!r}") from None
+    return keras.regularizers.L2(weight_decay / 2.0) if weight_decay else kernel_regularizer
+
+
 def build_resnet(
     input_shape,
     num_classes,
@@ -225,8 +253,8 @@ def build_resnet(
     """
     # === Validate arguments ===
     shape = _validate_input_shape(input_shape)
-    if include_top and (not _is_int(num_classes) or num_classes < 1):
-        raise ValueError(f"`num_classes` must be a positive int. Received: num_classes={num_classes!r}")
+    kernel_regularizer = _check_head_and_decay(include_top, num_classes, weight_decay, kernel_regularizer,
+                                               dropout_rate, classifier_activation)
     stages = _normalize_stages(stages)
     blocks._check_choice("block", block, tuple(blocks.BLOCK_TYPES))
     blocks._check_choice("stem", stem, STEMS)
@@ -235,27 +263,13 @@ def build_resnet(
     blocks._check_choice("stride_on", stride_on, ("3x3", "1x1"))
     blocks._check_choice("normalization", normalization, ("batch", None))
     blocks._check_choice("pooling", pooling, POOLINGS)
-    for arg, value in (("drop_path_rate", drop_path_rate), ("dropout_rate", dropout_rate),
-                       ("weight_decay", weight_decay), ("se_ratio", se_ratio)):
+    for arg, value in (("drop_path_rate", drop_path_rate), ("se_ratio", se_ratio)):
         if not (_is_real(value) or (arg == "se_ratio" and value is None)):
             raise ValueError(f"`{arg}` must be a number. Received: {arg}={value!r}")
     if not 0.0 <= drop_path_rate < 1.0:
         raise ValueError(f"`drop_path_rate` must be in [0, 1). Received: drop_path_rate={drop_path_rate!r}")
-    if not 0.0 <= dropout_rate < 1.0:
-        raise ValueError(f"`dropout_rate` must be in [0, 1). Received: dropout_rate={dropout_rate!r}")
-    if weight_decay < 0:
-        raise ValueError(f"`weight_decay` must be >= 0. Received: weight_decay={weight_decay!r}")
-    if weight_decay and kernel_regularizer is not None:
-        raise ValueError("Pass either `weight_decay` or `kernel_regularizer`, not both. "
-                         f"Received: weight_decay={weight_decay}, kernel_regularizer={kernel_regularizer!r}")
     if se_ratio is not None and not 0.0 < se_ratio <= 1.0:
         raise ValueError(f"`se_ratio` must be in (0, 1] or None. Received: se_ratio={se_ratio!r}")
-    if classifier_activation is not None:
-        try:
-            keras.activations.get(classifier_activation)
-        except (ValueError, TypeError):
-            raise ValueError(f"Unknown `classifier_activation`. Received: "
-                             f"classifier_activation={classifier_activation!r}") from None
     downsampling = (4 if stem != "cifar" else 1) * 2 ** sum(s["strides"] == 2 for s in stages)
     for side in shape[:2]:
         if side is not None and side < downsampling:
@@ -266,9 +280,6 @@ def build_resnet(
     if preprocessing is not None:
         normalization_layer(preprocessing)  # validates early
 
-    if weight_decay:
-        # Keras L2(l) adds l * sum(w**2), whose gradient is 2 * l * w.
-        kernel_regularizer = keras.regularizers.L2(weight_decay / 2.0)
     preact = block.startswith("preact")
     conv_kwargs = dict(use_bias=conv_bias or normalization is None,
                        kernel_initializer=kernel_initializer,
@@ -404,30 +415,19 @@ def build_resnet9(
     """
     # === Validate arguments ===
     shape = _validate_input_shape(input_shape)
-    if include_top and (not _is_int(num_classes) or num_classes < 1):
-        raise ValueError(f"`num_classes` must be a positive int. Received: num_classes={num_classes!r}")
+    kernel_regularizer = _check_head_and_decay(include_top, num_classes, weight_decay, kernel_regularizer,
+                                               dropout_rate, classifier_activation)
     if not _is_int(base_filters) or base_filters < 1:
         raise ValueError(f"`base_filters` must be a positive int. Received: base_filters={base_filters!r}")
     blocks._check_choice("pooling", pooling, POOLINGS)
-    for arg, value in (("weight_decay", weight_decay), ("logit_scale", logit_scale),
-                       ("dropout_rate", dropout_rate)):
-        if not _is_real(value):
-            raise ValueError(f"`{arg}` must be a number. Received: {arg}={value!r}")
-    if weight_decay < 0:
-        raise ValueError(f"`weight_decay` must be >= 0. Received: weight_decay={weight_decay!r}")
-    if weight_decay and kernel_regularizer is not None:
-        raise ValueError("Pass either `weight_decay` or `kernel_regularizer`, not both. "
-                         f"Received: weight_decay={weight_decay}, kernel_regularizer={kernel_regularizer!r}")
-    if not 0.0 <= dropout_rate < 1.0:
-        raise ValueError(f"`dropout_rate` must be in [0, 1). Received: dropout_rate={dropout_rate!r}")
+    if not _is_real(logit_scale):
+        raise ValueError(f"`logit_scale` must be a number. Received: logit_scale={logit_scale!r}")
     for side in shape[:2]:
         if side is not None and side < 8:
             raise ValueError("`input_shape` is too small for ResNet-9, which max-pools three "
                              f"times: the smallest input is 8x8. Received: input_shape={tuple(input_shape)}")
     if preprocessing is not None:
         normalization_layer(preprocessing)  # validates early
-    if weight_decay:
-        kernel_regularizer = keras.regularizers.L2(weight_decay / 2.0)
     bn_kwargs = dict(epsilon=bn_epsilon, momentum=bn_momentum, synchronized=sync_batchnorm)
 
     def conv(x, filters, prefix):

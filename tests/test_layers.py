@@ -376,6 +376,17 @@ def test_models_use_the_fused_batchnorm_unless_synchronized():
     assert all(l.fused_inference for l in plain)
 
 
+def _layer_by_layer(block, x, training):
+    """The block's sub-layers called one by one (the reference for its fused paths)."""
+    shortcut = x
+    for layer in block.shortcut_layers:
+        shortcut = layer(shortcut, training=training)
+    y = x
+    for layer in block.branch_layers:
+        y = layer(y, training=training)
+    return block.out_relu(shortcut + y)
+
+
 def _assert_conv_biasadd_add_relu_tail(graph):
     """The block ends Conv2D -> BiasAdd -> AddV2(shortcut) -> Relu: the pattern
     the oneDNN remapper fuses into one `_FusedConv2D` (BiasAdd, Add, Relu)."""
@@ -410,17 +421,8 @@ def test_inference_folds_the_last_batchnorm_into_the_residual_sum(cls, kwargs, i
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.set_weights([rng.uniform(0.5, 1.5, w.shape) for w in layer.get_weights()])
 
-    def layer_by_layer(x, training):
-        shortcut = x
-        for layer in block.shortcut_layers:
-            shortcut = layer(shortcut, training=training)
-        y = x
-        for layer in block.branch_layers:
-            y = layer(y, training=training)
-        return block.out_relu(shortcut + y)
-
     for training in (False, True) if block.drop_path is None else (False,):  # drop-path is random
-        want = to_numpy(layer_by_layer(x, training)).astype("float32")
+        want = to_numpy(_layer_by_layer(block, x, training)).astype("float32")
         got = to_numpy(block(x, training=training)).astype("float32")
         np.testing.assert_allclose(got, want, atol=atol * max(1.0, np.abs(want).max()), err_msg=str(training))
     graph = tf.function(lambda t: block(t, training=False)).get_concrete_function(
@@ -456,14 +458,7 @@ def test_biased_conv_and_batchnorm_fold_into_one_conv_at_inference(precision, at
         elif isinstance(layer, keras.layers.Conv2D):
             layer.bias.assign(rng.normal(0, 1, layer.bias.shape))
 
-    def layer_by_layer(x, training):
-        shortcut = block.shortcut_layers[1](block.shortcut_layers[0](x), training=training)
-        y = x
-        for layer in block.branch_layers:
-            y = layer(y, training=training)
-        return block.out_relu(shortcut + y)
-
-    want = to_numpy(layer_by_layer(x, False)).astype("float32")
+    want = to_numpy(_layer_by_layer(block, x, False)).astype("float32")
     got = to_numpy(block(x, training=False)).astype("float32")
     np.testing.assert_allclose(got, want, atol=atol * max(1.0, np.abs(want).max()))
     # At inference every conv + BatchNorm pair (the biased conv's bias included)
@@ -487,7 +482,7 @@ def test_biased_conv_and_batchnorm_fold_into_one_conv_at_inference(precision, at
     np.testing.assert_allclose(got_unfolded, want, atol=atol * max(1.0, np.abs(want).max()))
     # Training still adds the bias and normalises with batch statistics (the
     # outputs do not depend on the moving statistics the two calls update).
-    want_train = to_numpy(layer_by_layer(x, True)).astype("float32")
+    want_train = to_numpy(_layer_by_layer(block, x, True)).astype("float32")
     got_train = to_numpy(block(x, training=True)).astype("float32")
     np.testing.assert_allclose(got_train, want_train, atol=atol * max(1.0, np.abs(want_train).max()))
     assert not np.allclose(got_train, got, atol=1e-2)
@@ -496,5 +491,5 @@ def test_biased_conv_and_batchnorm_fold_into_one_conv_at_inference(precision, at
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
     np.testing.assert_allclose(to_numpy(block(x, training=True)).astype("float32"),
-                               to_numpy(layer_by_layer(x, False)).astype("float32"),
+                               to_numpy(_layer_by_layer(block, x, False)).astype("float32"),
                                atol=atol * max(1.0, np.abs(want).max()))
