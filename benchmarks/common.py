@@ -39,6 +39,7 @@ def hardware():
     info = {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "avx2": "avx2" in flags,
         "avx512f": "avx512f" in flags,
         "avx512_bf16": "avx512_bf16" in flags,
         "amx_bf16": "amx_bf16" in flags,
@@ -53,6 +54,13 @@ def hardware():
     except ImportError:
         pass
     return info
+
+
+def native_bf16(info=None):
+    """True where bf16 matmuls run natively (AVX512-BF16 or AMX-BF16), as in
+    `keras_resnet.distribute.cpu_supports_bf16`."""
+    info = info or hardware()
+    return bool(info.get("avx512_bf16") or info.get("amx_bf16"))
 
 
 def print_hardware(info=None):

@@ -6,7 +6,9 @@ Runs, one after another (never two CPU-heavy jobs at once), each benchmark
 script as a subprocess writing JSON, then merges them:
 
     matmul_probe.py      the machine's fp32/bf16 matmul peak (GFLOP/s)
-    bench_models.py      keras_resnet vs keras.applications, train/infer, fp32 and mixed
+    bench_models.py      keras_resnet vs keras.applications, train/infer, fp32 and the
+                         hardware's mixed precision (bf16 where the CPU has AVX512-BF16 or
+                         AMX; elsewhere skipped with the reason: `--mixed-precision` forces it)
     bench_torch.py       PyTorch CPU ResNet-50 (skipped when torch is not installed)
     bench_pipeline.py    tf.data input pipeline throughput vs training throughput
     bench_serving.py     exported SavedModel latency/throughput vs keras.applications export
@@ -27,7 +29,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import forward_gflops, hardware, train_gflops  # noqa: E402
+from common import forward_gflops, hardware, native_bf16, train_gflops  # noqa: E402
 
 
 def run(script, out_json, args, timeout):
@@ -70,13 +72,19 @@ def time_to_accuracy(results_dir=RESULTS_DIR):
         config = config.get("config", config)  # a run's config.json nests the TrainConfig
         if "test_accuracy" not in metrics:
             continue
+        env_path = os.path.join(results_dir, name, "environment.json")
+        env = {}
+        if os.path.exists(env_path):  # the run's own record of where it ran
+            with open(env_path) as f:
+                env = json.load(f)
         rows.append({"run": name, "recipe": config.get("recipe"), "model": config.get("model"),
                      "model_options": config.get("model_options") or {},
                      "dataset": config.get("dataset"), "epochs": metrics.get("epochs"),
                      "precision": metrics.get("precision"),
                      "train_seconds": metrics.get("train_seconds_this_session"),
                      "test_accuracy": metrics["test_accuracy"],
-                     "test_accuracy_flip_tta": metrics.get("test_accuracy_flip_tta")})
+                     "test_accuracy_flip_tta": metrics.get("test_accuracy_flip_tta"),
+                     "cpu": env.get("cpu")})
     return rows
 
 
@@ -124,13 +132,27 @@ def markdown(results):
         lines += ["", f"serving skipped: {serving['skipped']}"]
     runs = results.get("time_to_accuracy", [])
     if runs:
-        lines += ["", "| training run (docs/results) | model | epochs | precision | training s | test acc | flip TTA |",
-                  "| --- | --- | ---: | --- | ---: | ---: | ---: |"]
+        lines += ["", "| training run (docs/results) | model | epochs | precision | training s | test acc | flip TTA | ran on |",
+                  "| --- | --- | ---: | --- | ---: | ---: | ---: | --- |"]
         for r in runs:
             model = r["model"] + "".join(f" {k}={v}" for k, v in r["model_options"].items())
             lines.append(f"| {r['run']} | {model} | {r['epochs']} | {r['precision']} | "
-                         f"{r['train_seconds']} | {_pct(r['test_accuracy'])} | {_pct(r['test_accuracy_flip_tta'])} |")
+                         f"{r['train_seconds']} | {_pct(r['test_accuracy'])} | {_pct(r['test_accuracy_flip_tta'])} | "
+                         f"{r.get('cpu') or 'not recorded'} |")
     return "\n".join(lines)
+
+
+def mixed_precision_for(choice, hw):
+    """The mixed precision to benchmark beside float32, or None to skip it.
+
+    `auto` follows keras_resnet's own `precision="auto"` on a CPU: bf16 only where the
+    hardware computes it natively; a user of such a CPU trains in float32.
+    """
+    if choice == "none":
+        return None
+    if choice != "auto":
+        return choice
+    return "mixed_bfloat16" if native_bf16(hw) else None
 
 
 def main(argv=None):
@@ -138,6 +160,11 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument("--quick", action="store_true", help="Few repeats (a smoke run).")
     parser.add_argument("--timeout", type=int, default=1800, help="Per script, seconds.")
+    parser.add_argument("--mixed-precision", default="auto",
+                        choices=["auto", "mixed_bfloat16", "mixed_float16", "none"],
+                        help="Second precision of bench_models.py. auto: mixed_bfloat16 on CPUs "
+                             "with native bf16 (AVX512-BF16/AMX), none elsewhere (keras_resnet's "
+                             "precision='auto' trains in float32 there).")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     quick = ["--quick"] if args.quick else []
@@ -145,8 +172,15 @@ def main(argv=None):
     results["matmul"] = run("matmul_probe.py", f"{args.out}/matmul.json", [], args.timeout)
     results["models_float32"] = run("bench_models.py", f"{args.out}/models_fp32.json",
                                     ["--precision", "float32", *quick], args.timeout)
-    results["models_mixed"] = run("bench_models.py", f"{args.out}/models_mixed.json",
-                                  ["--precision", "mixed_bfloat16", *quick], args.timeout)
+    mixed = mixed_precision_for(args.mixed_precision, results["hardware"])
+    if mixed is None:
+        results["models_mixed"] = {"skipped": (
+            "no native bf16 on this CPU (no AVX512-BF16 or AMX-BF16): keras_resnet's "
+            "precision='auto' trains in float32 here, and emulated bf16 is several times "
+            "slower (--mixed-precision mixed_bfloat16 measures it anyway)")}
+    else:
+        results["models_mixed"] = run("bench_models.py", f"{args.out}/models_mixed.json",
+                                      ["--precision", mixed, *quick], args.timeout)
     results["torch"] = run("bench_torch.py", f"{args.out}/torch.json", quick, args.timeout)
     results["pipeline"] = run("bench_pipeline.py", f"{args.out}/pipeline.json", quick, args.timeout)
     results["serving"] = run("bench_serving.py", f"{args.out}/serving.json", quick, args.timeout)

@@ -30,6 +30,7 @@ def _record(root, name, model, seconds, acc, tta):
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"config": {"recipe": "cifar10_fast", "model": model,
                                                             "model_options": {}, "dataset": "cifar10"}}))
+    (run / "environment.json").write_text(json.dumps({"cpu": "test cpu", "precision": "mixed_bfloat16"}))
     (run / "metrics.json").write_text(json.dumps({"epochs": 3, "precision": "mixed_bfloat16",
                                                   "train_seconds_this_session": seconds,
                                                   "test_accuracy": acc, "test_accuracy_flip_tta": tta}))
@@ -61,7 +62,18 @@ def test_suite_report_has_peak_fractions_pipeline_serving_and_time_to_accuracy(t
     assert "skipped: bench_models.py exited 1" in table
     assert "| CIFAR-10, cifar aug, cached | 37.6 |" in table
     assert "| kr_fold | 54.4 | 33.5 |" in table
-    assert "| run_a | resnet9_half | 3 | mixed_bfloat16 | 983.0 | 92.08% | 92.80% |" in table
+    assert "| run_a | resnet9_half | 3 | mixed_bfloat16 | 983.0 | 92.08% | 92.80% | test cpu |" in table
+
+
+@pytest.mark.parametrize("choice, flags, expected", [
+    ("auto", {"avx512_bf16": True}, "mixed_bfloat16"),
+    ("auto", {"amx_bf16": True}, "mixed_bfloat16"),
+    ("auto", {"avx512_bf16": False, "amx_bf16": False}, None),  # e.g. AVX2-only EPYC/Xeon
+    ("mixed_bfloat16", {"avx512_bf16": False}, "mixed_bfloat16"),  # forced
+    ("none", {"amx_bf16": True}, None),
+])
+def test_suite_benchmarks_mixed_precision_only_where_the_cpu_has_bf16(choice, flags, expected):
+    assert suite.mixed_precision_for(choice, flags) == expected
 
 
 def test_the_recorded_runs_are_in_the_report():
