@@ -50,10 +50,18 @@ def hardware():
         import tensorflow as tf
         import keras
 
-        info.update(tensorflow=tf.__version__, keras=keras.__version__)
+        info.update(tensorflow=tf.__version__, keras=keras.__version__, onednn=onednn_enabled(),
+                    TF_ENABLE_ONEDNN_OPTS=os.environ.get("TF_ENABLE_ONEDNN_OPTS"))
     except ImportError:
         pass
     return info
+
+
+def onednn_enabled():
+    """Whether TensorFlow runs its oneDNN kernels here (see keras_resnet.distribute)."""
+    from keras_resnet.distribute import onednn_enabled as probe
+
+    return probe()
 
 
 def native_bf16(info=None):
@@ -67,8 +75,9 @@ def print_hardware(info=None):
     info = info or hardware()
     print("Hardware: {cpu}, {cores} cores (avx512f={avx512f}, avx512_bf16={avx512_bf16}, "
           "amx_bf16={amx_bf16})".format(**info))
-    print("Versions: python {python}, tensorflow {tensorflow}, keras {keras}".format(
-        **{"tensorflow": "?", "keras": "?", **info}))
+    print("Versions: python {python}, tensorflow {tensorflow}, keras {keras}; oneDNN {onednn} "
+          "(TF_ENABLE_ONEDNN_OPTS={TF_ENABLE_ONEDNN_OPTS})".format(
+              **{"tensorflow": "?", "keras": "?", "onednn": "?", "TF_ENABLE_ONEDNN_OPTS": None, **info}))
 
 
 def timed(fn, repeats, warmup=1):

@@ -83,6 +83,8 @@ def _environment(strategy_name, strategy, precision):
         "gpus": [d.name for d in tf.config.list_logical_devices("GPU")],
         "strategy": strategy_name, "replicas": strategy.num_replicas_in_sync,
         "precision": precision, "bf16_cpu": distribute.cpu_supports_bf16(),
+        "onednn": distribute.onednn_enabled(),
+        "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
     }
 
 
@@ -223,6 +225,9 @@ def train(config, *, train_data=None, eval_data=None, extra_callbacks=()):
     keras.utils.set_random_seed(config.seed)
     precision = distribute.resolve_precision(config.precision, strategy_name)
     keras.mixed_precision.set_global_policy(precision)
+    hint = distribute.onednn_hint(strategy_name)
+    if hint:
+        log.warning(hint)
     replicas = strategy.num_replicas_in_sync
     global_batch = config.batch_size
 

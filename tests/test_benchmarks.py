@@ -98,3 +98,13 @@ def test_bench_models_quick_smoke(tmp_path):
                                      for k in ("train", "infer")}
     assert report["quick"] and report["hardware"]["cores"] == os.cpu_count()
     assert "ratio resnet50_v1 / keras.applications train" in proc.stdout
+
+
+def test_bench_models_subset_keeps_the_reference_and_rejects_unknown_names():
+    import bench_models
+
+    available = bench_models.MODELS + (bench_models.KERAS_HUB,)
+    assert bench_models.select_models("resnet20,resnet50_v1", available) == (
+        bench_models.REFERENCE, "keras_resnet resnet50_v1", "keras_resnet resnet20")
+    with pytest.raises(SystemExit, match="resnet51"):
+        bench_models.select_models("resnet51", available)

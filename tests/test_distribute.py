@@ -156,3 +156,28 @@ def test_killed_worker_cluster_restart_resumes_from_backup(tmp_path):
     import csv
     with open(run / "history.csv") as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 1, 2, 3]
+
+
+def test_onednn_hint_only_when_oneDNN_is_off_unset_and_x86(monkeypatch):
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    monkeypatch.setattr(distribute.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(distribute, "onednn_enabled", lambda: False)
+    hint = distribute.onednn_hint()
+    assert hint and "TF_ENABLE_ONEDNN_OPTS=1" in hint and "TF_ENABLE_ONEDNN_OPTS=0" in hint
+    assert distribute.onednn_hint("tpu") is None
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")  # the user chose: no message
+    assert distribute.onednn_hint() is None
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS")
+    monkeypatch.setattr(distribute, "onednn_enabled", lambda: True)  # e.g. Sapphire Rapids
+    assert distribute.onednn_hint() is None
+    monkeypatch.setattr(distribute, "onednn_enabled", lambda: False)
+    monkeypatch.setattr(distribute.platform, "machine", lambda: "aarch64")
+    assert distribute.onednn_hint() is None
+
+
+def test_onednn_enabled_reports_this_process():
+    # TensorFlow's own default on this CPU, or the variable's value when set.
+    forced = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    assert distribute.onednn_enabled() in (True, False)
+    if forced in ("0", "1"):
+        assert distribute.onednn_enabled() == (forced == "1")

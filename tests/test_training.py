@@ -59,6 +59,11 @@ def test_train_reduces_loss_and_writes_run_dir(tmp_path):
     assert config["config"]["seed"] == 1 and config["data"]["num_classes"] == 4
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and "test_accuracy_flip_tta" in metrics
+    # What the run ran on, including whether TensorFlow's oneDNN kernels were on (it changes
+    # speed and the fusions a step gets; TensorFlow decides it per CPU at import).
+    environment = json.loads((run / "environment.json").read_text())
+    assert environment["onednn"] in (True, False) and "TF_ENABLE_ONEDNN_OPTS" in environment
+    assert environment["precision"] == metrics["precision"] and environment["cpu_count"] == os.cpu_count()
     with open(run / "history.csv") as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 1, 2]
     # Running the finished run again does not train again.
