@@ -242,7 +242,7 @@ def main(argv=None):
     ref = by_name[REFERENCE]
     ratios, ranges = {}, {}
     for name in (SAME_ARCH, "keras_resnet resnet50", KERAS_HUB):
-        if name not in by_name or name == REFERENCE:
+        if name not in by_name:
             continue
         for kind in ("train", "infer"):
             key = f"{short_name(name)} / keras.applications {kind}"
