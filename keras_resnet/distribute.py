@@ -175,7 +175,7 @@ def onednn_hint(strategy_name="default"):
     TensorFlow leaves oneDNN off on x86 CPUs without AVX512-VNNI/BF16, AVX-VNNI or AMX
     (AVX2-only Xeons and EPYCs), where it is the biggest single speed-up for these
     models: on a 2-core AMD EPYC (Zen, AVX2) `TF_ENABLE_ONEDNN_OPTS=1` trained ResNet-50
-    1.45x and ResNet-20 1.6x faster in float32 (README, "On a CPU without bf16").
+    1.44x and ResNet-20 1.56x faster in float32 (README, "On a CPU without bf16").
     The variable is read when TensorFlow is imported, so this library cannot set it
     for a process that already imported TensorFlow; it only says so.
     """
@@ -187,5 +187,5 @@ def onednn_hint(strategy_name="default"):
         return None
     return ("TensorFlow's oneDNN CPU kernels are off on this CPU (TensorFlow's default for CPUs "
             "without AVX512-VNNI/BF16 or AMX). Set TF_ENABLE_ONEDNN_OPTS=1 before TensorFlow is "
-            "imported to train faster: 1.45x for ResNet-50 on an AVX2 EPYC (keras_resnet README). "
+            "imported to train faster: 1.44x for ResNet-50 on an AVX2 EPYC (keras_resnet README). "
             "Set TF_ENABLE_ONEDNN_OPTS=0 to keep the current kernels and silence this message.")
