@@ -195,6 +195,11 @@ def main(argv=None):
                         help="Comma-separated subset, by short name (keras.applications, resnet50_v1, "
                              "resnet50, resnet20, resnet9_half, keras-hub); the reference is always "
                              "timed, since every ratio is against it.")
+    parser.add_argument("--inter-op-threads", type=int, default=None,
+                        help="tf.config.threading inter-op pool size (default: TensorFlow's, 0 = "
+                             "one per core); 1 runs one op at a time, each on every core.")
+    parser.add_argument("--intra-op-threads", type=int, default=None,
+                        help="tf.config.threading intra-op pool size (default: TensorFlow's).")
     parser.add_argument("--keras-hub", type=int, default=1,
                         help="Also time keras-hub's ResNet50 when keras_hub imports (1) or not (0).")
     args = parser.parse_args(argv)
@@ -206,6 +211,11 @@ def main(argv=None):
     import keras
     import tensorflow as tf
 
+    # Must precede the first op: TensorFlow fixes its thread pools when it starts executing.
+    if args.inter_op_threads is not None:
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
+    if args.intra_op_threads is not None:
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
     info = hardware()
     info.update(load_average_start=[round(v, 2) for v in os.getloadavg()],
                 tf_intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads(),

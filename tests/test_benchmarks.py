@@ -108,3 +108,47 @@ def test_bench_models_subset_keeps_the_reference_and_rejects_unknown_names():
         bench_models.REFERENCE, "keras_resnet resnet50_v1", "keras_resnet resnet20")
     with pytest.raises(SystemExit, match="resnet51"):
         bench_models.select_models("resnet51", available)
+
+
+def _run_dir(root, name, precision, seed, seconds, test, tta, curve):
+    run = root / name
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"config": {"model": "resnet9_half", "seed": seed,
+                                                            "precision": "auto"}}))
+    (run / "environment.json").write_text(json.dumps({"cpu": "test cpu"}))
+    (run / "metrics.json").write_text(json.dumps({
+        "epochs": len(curve), "precision": precision, "train_seconds_this_session": seconds,
+        "test_accuracy": test, "test_accuracy_flip_tta": tta}))
+    rows = ["epoch,accuracy,val_accuracy"] + [f"{i},0.5,{v}" for i, v in enumerate(curve)]
+    (run / "history.csv").write_text("\n".join(rows) + "\n")
+    return str(run)
+
+
+def test_compare_runs_reports_accuracy_gaps_and_time_against_the_first_run(tmp_path):
+    import compare_runs
+
+    bf16 = _run_dir(tmp_path, "bf16", "mixed_bfloat16", 0, 1000.0, 0.92, 0.93, [0.5, 0.8, 0.92])
+    fp32 = _run_dir(tmp_path, "fp32", "float32", 0, 4500.0, 0.925, 0.928, [0.55, 0.79, 0.925])
+    rows = compare_runs.main([bf16, fp32, "--plot", str(tmp_path / "curves.png"),
+                              "--json", str(tmp_path / "rows.json")])
+    assert [r["precision"] for r in rows] == ["mixed_bfloat16", "float32"]
+    assert rows[0]["test_gap_vs_first"] == 0.0 and rows[0]["time_vs_first"] == 1.0
+    assert rows[1]["test_gap_vs_first"] == pytest.approx(0.005)
+    assert rows[1]["tta_gap_vs_first"] == pytest.approx(-0.002)
+    assert rows[1]["largest_epoch_gap_vs_first"] == pytest.approx(0.05)  # epoch 1: 0.55 vs 0.50
+    assert rows[1]["time_vs_first"] == 4.5 and rows[1]["seconds_per_epoch"] == 1500.0
+    table = compare_runs.markdown(rows)
+    assert "| fp32 | float32 | 0 | 3 | 4500.0 | 1500.0 | 4.5x | 92.50% | 92.80% | +0.50 / -0.20 TTA | +5.00 |" in table
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    assert json.loads((tmp_path / "rows.json").read_text())["rows"][1]["run"] == "fp32"
+
+
+def test_compare_runs_rejects_what_is_not_a_finished_run(tmp_path):
+    import compare_runs
+
+    with pytest.raises(SystemExit, match="Not a run directory. Received: .*nope"):
+        compare_runs.load_run(str(tmp_path / "nope"))
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text("{}")
+    with pytest.raises(SystemExit, match="metrics.json missing"):
+        compare_runs.load_run(str(tmp_path / "half"))
