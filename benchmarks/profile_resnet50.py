@@ -103,11 +103,16 @@ def main(argv=None):
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--logdir", default=None)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--inter-op-threads", type=int, default=None,
+                        help="tf.config.threading inter-op pool size (default: TensorFlow's).")
     args = parser.parse_args(argv)
 
     import keras
     import numpy as np
     import tensorflow as tf
+
+    if args.inter_op_threads is not None:  # before the first op, or TensorFlow refuses
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
 
     import keras_resnet as kr
 
@@ -154,6 +159,7 @@ def main(argv=None):
         write_json(args.json, dict(hardware=info, model=args.model, mode=args.mode,
                                    precision=args.precision, batch=args.batch_size,
                                    steps=args.steps, wall_seconds_per_step=wall,
+                                   inter_op_threads=tf.config.threading.get_inter_op_parallelism_threads(),
                                    busy_seconds_per_step=busy, groups=rows, top_ops=top,
                                    logdir=logdir, command=" ".join(sys.argv)))
 
