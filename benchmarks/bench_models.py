@@ -39,6 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import hardware, print_hardware, write_json  # noqa: E402
+from keras_resnet.hostinfo import StealMeter, steal_warning  # noqa: E402
 
 REFERENCE = "keras.applications ResNet50"
 SAME_ARCH = "keras_resnet resnet50_v1"
@@ -239,6 +240,7 @@ def main(argv=None):
         print(f"  warm-up {name:30s} {bench.warmup(1 if args.quick else 2):6.1f} s", flush=True)
         benches.append(bench)
 
+    steal = StealMeter()  # share of the CPU the hypervisor took during the timed rounds
     for r in range(args.rounds):
         order = benches[r % len(benches):] + benches[:r % len(benches)]  # rotate the order
         for bench in order:
@@ -279,6 +281,9 @@ def main(argv=None):
         print(f"same architecture at least as fast (ratio >= 1.0, float32): "
               f"{'yes' if verdict else 'NO'} (train {same[0]:.3f}, infer {same[1]:.3f})")
     info["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    info["cpu_steal_fraction"] = steal.fraction()
+    if steal_warning(info["cpu_steal_fraction"]):
+        print("WARNING: " + steal_warning(info["cpu_steal_fraction"]))
     write_json(args.json, {"results": results, "ratios": ratios, "ratio_ranges": ranges,
                            "same_architecture_at_least_as_fast": verdict, "quick": args.quick,
                            "rounds": args.rounds, "hardware": info,

@@ -115,6 +115,9 @@ def markdown(results):
             lines.append(f"| ratio {k} | | {v} | | | |")
         if "skipped" in block:
             lines.append(f"| {name} | skipped: {block['skipped']} | | | | |")
+        steal = block.get("hardware", {}).get("cpu_steal_fraction")
+        if steal:  # a VM's hypervisor took part of the CPU: absolute figures are low, ratios hold
+            lines.append(f"| {name}: hypervisor steal during the timed rounds {100 * steal:.0f}% | | | | | |")
     pipeline = results.get("pipeline", {})
     if pipeline.get("ratios"):
         lines += ["", "| input pipeline | pipeline img/s / training img/s |", "| --- | ---: |"]

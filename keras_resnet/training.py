@@ -8,7 +8,8 @@ RUN_DIR/
     model.keras        the final model
     history.csv        one row per epoch, exactly once even across resumes
     logs/              TensorBoard
-    metrics.json       final test metrics (with and without flip TTA)
+    metrics.json       final test metrics (with and without flip TTA), wall time, and
+                       the CPU share a VM's hypervisor took meanwhile (steal)
     loss.png, accuracy.png, learning_rate.png
 
 Running `train` again with the same `output` resumes an unfinished run; a
@@ -31,6 +32,7 @@ import tensorflow as tf
 
 from keras_resnet import callbacks as kr_callbacks
 from keras_resnet import distribute
+from keras_resnet.hostinfo import StealMeter, steal_warning
 from keras_resnet.recipes import TrainConfig, get_recipe
 from keras_resnet.registry import create_model
 from keras_resnet.schedules import make_schedule
@@ -318,6 +320,7 @@ def train(config, *, train_data=None, eval_data=None, extra_callbacks=()):
             raise KeyboardInterrupt("SIGTERM")
         previous = signal.signal(signal.SIGTERM, _terminate)
     start = time.time()
+    steal = StealMeter()  # how much of the CPU the hypervisor left this run (VMs)
     try:
         fit = model.fit(train_ds, validation_data=eval_data, epochs=epochs, shuffle=False,
                         steps_per_epoch=steps_per_epoch, callbacks=cbs, verbose=verbose)
@@ -331,6 +334,9 @@ def train(config, *, train_data=None, eval_data=None, extra_callbacks=()):
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     train_seconds = time.time() - start
+    steal_fraction = steal.fraction()
+    if steal_warning(steal_fraction):
+        log.warning(steal_warning(steal_fraction))
 
     if nan_guard.triggered_at is not None:
         epoch, batch, loss = nan_guard.triggered_at
@@ -344,7 +350,8 @@ def train(config, *, train_data=None, eval_data=None, extra_callbacks=()):
     metrics = {"train_seconds_this_session": round(train_seconds, 1), "epochs": epochs,
                "steps_per_epoch": steps_per_epoch, "precision": precision,
                "strategy": strategy_name, "replicas": replicas,
-               "weights_sha256": weights_digest(model)}
+               "weights_sha256": weights_digest(model),
+               "cpu_steal_fraction": steal_fraction}
     if eval_data is not None:
         metrics.update(evaluate_model(model, eval_data, tta_flip=config.tta_flip))
     history = fit.history

@@ -49,7 +49,8 @@ def test_suite_report_has_peak_fractions_pipeline_serving_and_time_to_accuracy(t
         "models_float32": {"results": [{"name": "keras_resnet resnet50", "precision": "float32",
                                         "flops_key": "resnet50@224", "train_img_s": 2.0,
                                         "infer_img_s": 10.0}],
-                           "ratios": {"resnet50 / keras.applications train": 1.4}},
+                           "ratios": {"resnet50 / keras.applications train": 1.4},
+                           "hardware": {"cpu_steal_fraction": 0.46}},
         "models_mixed": {"skipped": "bench_models.py exited 1"},
         "pipeline": {"ratios": {"CIFAR-10, cifar aug, cached": 37.6}},
         "serving": {"results": [{"name": "kr_fold", "latency_b1_ms_median": 54.4,
@@ -60,6 +61,7 @@ def test_suite_report_has_peak_fractions_pipeline_serving_and_time_to_accuracy(t
     assert "| keras_resnet resnet50 | float32 | 2.0 | 10.0 | 49% | 82% |" in table
     assert "| ratio resnet50 / keras.applications train | | 1.4 |" in table
     assert "skipped: bench_models.py exited 1" in table
+    assert "models_float32: hypervisor steal during the timed rounds 46%" in table
     assert "| CIFAR-10, cifar aug, cached | 37.6 |" in table
     assert "| kr_fold | 54.4 | 33.5 |" in table
     assert "| run_a | resnet9_half | 3 | mixed_bfloat16 | 983.0 | 92.08% | 92.80% | test cpu |" in table

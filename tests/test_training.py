@@ -59,6 +59,9 @@ def test_train_reduces_loss_and_writes_run_dir(tmp_path):
     assert config["config"]["seed"] == 1 and config["data"]["num_classes"] == 4
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and "test_accuracy_flip_tta" in metrics
+    # How much of the CPU a VM's hypervisor took during fit (None where /proc/stat is absent).
+    steal = metrics["cpu_steal_fraction"]
+    assert steal is None if not os.path.exists("/proc/stat") else 0.0 <= steal <= 1.0
     # What the run ran on, including whether TensorFlow's oneDNN kernels were on (it changes
     # speed and the fusions a step gets; TensorFlow decides it per CPU at import).
     environment = json.loads((run / "environment.json").read_text())
