@@ -282,8 +282,9 @@ def main(argv=None):
               f"{'yes' if verdict else 'NO'} (train {same[0]:.3f}, infer {same[1]:.3f})")
     info["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     info["cpu_steal_fraction"] = steal.fraction()
-    if steal_warning(info["cpu_steal_fraction"]):
-        print("WARNING: " + steal_warning(info["cpu_steal_fraction"]))
+    warning = steal_warning(info["cpu_steal_fraction"])
+    if warning:
+        print("WARNING: " + warning)
     write_json(args.json, {"results": results, "ratios": ratios, "ratio_ranges": ranges,
                            "same_architecture_at_least_as_fast": verdict, "quick": args.quick,
                            "rounds": args.rounds, "hardware": info,

@@ -18,6 +18,10 @@ import json
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from suite import _pct  # noqa: E402  (the suite's own accuracy format)
+
 
 def load_run(path):
     """The run's config, environment, metrics and per-epoch history as plain dicts."""
@@ -84,10 +88,9 @@ def _gap(value, reference):
     return None
 
 
-def _pct(value, signed=False):
-    if not isinstance(value, (int, float)):
-        return ""
-    return f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}%"
+def _points(value):
+    """A signed difference in percentage points ("+0.09"), blank when unknown."""
+    return f"{100 * value:+.2f}" if isinstance(value, (int, float)) else ""
 
 
 def markdown(rows):
@@ -98,8 +101,8 @@ def markdown(rows):
         lines.append(
             f"| {r['run']} | {r['precision']} | {r['seed']} | {r['epochs']} | {r['train_seconds']} | "
             f"{r['seconds_per_epoch']} | {r['time_vs_first']}x | {_pct(r['test_accuracy'])} | "
-            f"{_pct(r['test_accuracy_flip_tta'])} | {_pct(r['test_gap_vs_first'], True)} / "
-            f"{_pct(r['tta_gap_vs_first'], True)} TTA | {_pct(r['largest_epoch_gap_vs_first'], True)} | "
+            f"{_pct(r['test_accuracy_flip_tta'])} | {_points(r['test_gap_vs_first'])} / "
+            f"{_points(r['tta_gap_vs_first'])} TTA | {_points(r['largest_epoch_gap_vs_first'])} | "
             f"{r['cpu'] or 'not recorded'} |")
     return "\n".join(lines)
 

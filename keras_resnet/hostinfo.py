@@ -57,4 +57,3 @@ def steal_warning(fraction, threshold=0.05):
     return (f"The hypervisor took {fraction:.0%} of this machine's CPU time during the run (steal "
             "time): its wall times and images/s are low by about that much for reasons outside "
             "this program. Compare speeds measured in the same run, not across runs.")
-

@@ -320,7 +320,7 @@ def train(config, *, train_data=None, eval_data=None, extra_callbacks=()):
             raise KeyboardInterrupt("SIGTERM")
         previous = signal.signal(signal.SIGTERM, _terminate)
     start = time.time()
-    steal = StealMeter()  # how much of the CPU the hypervisor left this run (VMs)
+    steal = StealMeter()  # how much of the CPU a VM's hypervisor takes during fit
     try:
         fit = model.fit(train_ds, validation_data=eval_data, epochs=epochs, shuffle=False,
                         steps_per_epoch=steps_per_epoch, callbacks=cbs, verbose=verbose)
@@ -335,8 +335,9 @@ def train(config, *, train_data=None, eval_data=None, extra_callbacks=()):
             signal.signal(signal.SIGTERM, previous)
     train_seconds = time.time() - start
     steal_fraction = steal.fraction()
-    if steal_warning(steal_fraction):
-        log.warning(steal_warning(steal_fraction))
+    warning = steal_warning(steal_fraction)
+    if warning:
+        log.warning(warning)
 
     if nan_guard.triggered_at is not None:
         epoch, batch, loss = nan_guard.triggered_at
