@@ -13,7 +13,7 @@ from keras_resnet.layers import (  # noqa: F401
     ResidualBlock, ResNet9Block, SqueezeExcite, ZeroPadShortcut)
 from keras_resnet.models import ResNet, build_resnet, build_resnet9, feature_extractor  # noqa: F401
 from keras_resnet.registry import create_model, list_models, model_config  # noqa: F401
-from keras_resnet import callbacks, finetune  # noqa: F401
+from keras_resnet import callbacks, finetune, optimizers  # noqa: F401
 from keras_resnet.weights import from_keras_applications, load_weights, port_weights  # noqa: F401
 from keras_resnet.preprocessing import NORMALIZATION_STATS  # noqa: F401
 

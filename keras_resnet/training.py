@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_resnet import callbacks as kr_callbacks
-from keras_resnet import distribute
+from keras_resnet import distribute, optimizers
 from keras_resnet.hostinfo import StealMeter, steal_warning
 from keras_resnet.recipes import TrainConfig, get_recipe
 from keras_resnet.registry import create_model
@@ -110,7 +110,8 @@ def make_optimizer(config, steps_per_epoch, total_steps, global_batch):
                   ema_momentum=config.ema_decay or 0.99)
     decoupled = config.weight_decay if config.weight_decay_mode == "decoupled" else None
     if config.optimizer == "sgd":
-        return keras.optimizers.SGD(momentum=config.momentum, nesterov=config.nesterov,
+        # keras_resnet's SGD: Keras's update rule as one fused kernel per variable.
+        return optimizers.SGD(momentum=config.momentum, nesterov=config.nesterov,
                                     weight_decay=decoupled, **common)
     if config.optimizer == "adamw":
         return keras.optimizers.AdamW(weight_decay=decoupled or 0.0, **common)

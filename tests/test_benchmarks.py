@@ -81,7 +81,7 @@ def test_suite_benchmarks_mixed_precision_only_where_the_cpu_has_bf16(choice, fl
 def test_the_recorded_runs_are_in_the_report():
     """Every run record the README cites is readable by the suite."""
     names = {r["run"] for r in suite.time_to_accuracy()}
-    assert {"cifar10_fast_resnet9half_22ep", "cifar10_fast_resnet9half_22ep_fp32",
+    assert {"cifar10_fast_resnet9half_22ep", "cifar10_fast_resnet9half_22ep_fp32", "cifar10_fast_resnet9half_22ep_seed1",
             "cifar10_fast_resnet20_34ep"} <= names
 
 
@@ -155,3 +155,17 @@ def test_compare_runs_rejects_what_is_not_a_finished_run(tmp_path):
     (tmp_path / "half" / "config.json").write_text("{}")
     with pytest.raises(SystemExit, match="metrics.json missing"):
         compare_runs.load_run(str(tmp_path / "half"))
+
+
+def test_bench_optimizer_times_both_sgds_and_writes_json(tmp_path):
+    out = tmp_path / "optimizer.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_optimizer.py"), "--model", "resnet20", "--rounds", "2",
+         "--steps", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["params"] == 269_722 and report["model"] == "resnet20"
+    assert set(report["ms_per_step"]) == {"keras.optimizers.SGD", "keras_resnet.optimizers.SGD"}
+    assert all(len(v) == 2 and min(v) > 0 for v in report["ms_per_step_rounds"].values())
+    assert report["speedup_median"] > 0 and "speedup" in proc.stdout

@@ -1,0 +1,85 @@
+"""keras_resnet.optimizers.SGD: Keras's SGD results from one fused kernel per variable."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_resnet import optimizers, recipes
+from keras_resnet.training import make_optimizer
+
+
+def _small_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((8, 8, 3)),
+        keras.layers.Conv2D(4, 3, use_bias=False),
+        keras.layers.BatchNormalization(),
+        keras.layers.ReLU(),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(5),
+    ])
+
+
+def _train(optimizer, steps=6):
+    model = _small_model()
+    model.compile(optimizer=optimizer,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((16, 8, 8, 3)).astype("float32")
+    y = rng.integers(0, 5, 16)
+    losses = [float(model.train_on_batch(x, y)) for _ in range(steps)]
+    return model, losses
+
+
+@pytest.mark.parametrize("options", [
+    dict(momentum=0.9),
+    dict(momentum=0.9, nesterov=True),
+    dict(momentum=0.9, nesterov=True, weight_decay=5e-4, clipnorm=1.0),
+    dict(momentum=0.0),  # Keras's own update (nothing to fuse)
+])
+def test_same_weights_as_keras_sgd(options):
+    schedule = keras.optimizers.schedules.PolynomialDecay(0.1, 10, 0.01)
+    reference, ref_losses = _train(keras.optimizers.SGD(schedule, **options))
+    fused, losses = _train(optimizers.SGD(schedule, **options))
+    assert losses[-1] < losses[0]
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-6)
+    for a, b in zip(reference.weights, fused.weights):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+
+
+def _update_op_types(optimizer):
+    variable = keras.Variable(np.ones((3, 3), "float32"))
+    optimizer.build([variable])
+
+    @tf.function
+    def step():
+        optimizer.apply_gradients([(tf.ones((3, 3)), variable)])
+
+    return {op.type for op in step.get_concrete_function().graph.get_operations()}
+
+
+def test_momentum_step_is_one_fused_kernel():
+    assert "ResourceApplyKerasMomentum" in _update_op_types(optimizers.SGD(0.1, momentum=0.9))
+    assert "ResourceApplyKerasMomentum" not in _update_op_types(keras.optimizers.SGD(0.1, momentum=0.9))
+
+
+def test_config_and_model_save_round_trip(tmp_path):
+    model, _ = _train(optimizers.SGD(0.05, momentum=0.9, nesterov=True))
+    restored_opt = keras.optimizers.deserialize(keras.optimizers.serialize(model.optimizer))
+    assert type(restored_opt) is optimizers.SGD
+    assert restored_opt.get_config() == model.optimizer.get_config()
+
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    assert type(restored.optimizer) is optimizers.SGD
+    for a, b in zip(model.optimizer.variables, restored.optimizer.variables):
+        np.testing.assert_array_equal(b.numpy(), a.numpy())
+
+
+def test_recipes_train_with_the_fused_sgd():
+    config = recipes.get_recipe("cifar10_fast")
+    optimizer = make_optimizer(config, steps_per_epoch=10, total_steps=100, global_batch=512)
+    assert type(optimizer) is optimizers.SGD
+    assert optimizer.nesterov and optimizer.momentum == pytest.approx(0.9)
