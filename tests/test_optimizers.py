@@ -21,10 +21,10 @@ def _small_model(seed=0):
     ])
 
 
-def _train(optimizer, steps=6):
+def _train(optimizer, steps=6, **compile_options):
     model = _small_model()
     model.compile(optimizer=optimizer,
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), **compile_options)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((16, 8, 8, 3)).astype("float32")
     y = rng.integers(0, 5, 16)
@@ -46,6 +46,25 @@ def test_same_weights_as_keras_sgd(options):
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-6)
     for a, b in zip(reference.weights, fused.weights):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+
+
+@pytest.mark.parametrize("policy,jit_compile", [
+    ("float32", True),  # XLA has a kernel for the fused op too
+    ("mixed_bfloat16", False),
+    ("mixed_float16", False),  # Keras wraps it in a LossScaleOptimizer
+])
+def test_same_weights_as_keras_sgd_under_xla_and_mixed_precision(policy, jit_compile):
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        reference, ref_losses = _train(keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
+                                       jit_compile=jit_compile)
+        fused, losses = _train(optimizers.SGD(0.1, momentum=0.9, nesterov=True), jit_compile=jit_compile)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert losses[-1] < losses[0]
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-4, atol=1e-5)
+    for a, b in zip(reference.weights, fused.weights):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-5, err_msg=a.path)
 
 
 def _update_op_types(optimizer):
