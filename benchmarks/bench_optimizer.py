@@ -1,6 +1,6 @@
 """Times one optimizer step over a model's variables: Keras SGD vs keras_resnet's fused SGD.
 
-    python benchmarks/bench_optimizer.py [--model resnet50] [--rounds 6] [--json out.json]
+    python benchmarks/bench_optimizer.py [--model resnet50] [--rounds 6] [--quick] [--json out.json]
 
 `apply_gradients` of SGD-Nesterov (momentum 0.9) over every trainable variable,
 compiled with tf.function, the same random gradients for both; the two
@@ -26,8 +26,11 @@ def main(argv=None):
     parser.add_argument("--model", default="resnet50", help="a registered keras_resnet model")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps per round and optimizer")
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 2 steps (a smoke run).")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.steps = 2, 2
     if args.rounds < 1 or args.steps < 1:
         parser.error(f"--rounds and --steps must be >= 1. Received: rounds={args.rounds}, steps={args.steps}")
 

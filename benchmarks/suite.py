@@ -12,6 +12,7 @@ script as a subprocess writing JSON, then merges them:
     bench_torch.py       PyTorch CPU ResNet-50 (skipped when torch is not installed)
     bench_pipeline.py    tf.data input pipeline throughput vs training throughput
     bench_serving.py     exported SavedModel latency/throughput vs keras.applications export
+    bench_optimizer.py   one SGD step over ResNet-50's variables: Keras's vs keras_resnet's fused
 
 Each figure is also reported as a fraction of the matmul peak, using the known
 forward MAC counts in `common.FORWARD_GMACS` (training ~ 3x forward). The report
@@ -133,6 +134,14 @@ def markdown(results):
         lines += [f"| ratio {k} | | {v} |" for k, v in serving.get("ratios", {}).items()]
     elif "skipped" in serving:
         lines += ["", f"serving skipped: {serving['skipped']}"]
+    optimizer = results.get("optimizer", {})
+    if optimizer.get("ms_per_step"):
+        lines += ["", f"| optimizer step, SGD-Nesterov over {optimizer['model']} ({optimizer['params']:,} params) | ms |",
+                  "| --- | ---: |"]
+        lines += [f"| {k} | {v:.1f} |" for k, v in optimizer["ms_per_step"].items()]
+        lines.append(f"| speedup (median of per-round ratios) | {optimizer['speedup_median']:.2f}x |")
+    elif "skipped" in optimizer:
+        lines += ["", f"optimizer step skipped: {optimizer['skipped']}"]
     runs = results.get("time_to_accuracy", [])
     if runs:
         lines += ["", "| training run (docs/results) | model | epochs | precision | training s | test acc | flip TTA | ran on |",
@@ -188,6 +197,7 @@ def main(argv=None):
     results["torch"] = run("bench_torch.py", f"{args.out}/torch.json", quick, args.timeout)
     results["pipeline"] = run("bench_pipeline.py", f"{args.out}/pipeline.json", quick, args.timeout)
     results["serving"] = run("bench_serving.py", f"{args.out}/serving.json", quick, args.timeout)
+    results["optimizer"] = run("bench_optimizer.py", f"{args.out}/optimizer.json", quick, args.timeout)
     results["time_to_accuracy"] = time_to_accuracy()
     table = markdown(results)
     with open(os.path.join(args.out, "suite.json"), "w") as f:
