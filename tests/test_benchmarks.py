@@ -173,3 +173,21 @@ def test_bench_optimizer_times_both_sgds_and_writes_json(tmp_path):
     assert set(report["ms_per_step"]) == {"keras.optimizers.SGD", "keras_resnet.optimizers.SGD"}
     assert all(len(v) == 2 and min(v) > 0 for v in report["ms_per_step_rounds"].values())
     assert report["speedup_median"] > 0 and "speedup" in proc.stdout
+
+
+def test_bench_conv_kernels_reports_every_resnet50_shape(tmp_path):
+    out = tmp_path / "conv.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_conv_kernels.py"), "--quick", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    import bench_conv_kernels
+
+    rows = report["gflops_per_kernel"]
+    assert set(rows) == {shape[0] for shape in bench_conv_kernels.SHAPES}
+    assert all(min(r["forward"], r["grad_input"], r["grad_filter"]) > 0 for r in rows.values())
+    # The MatMul rewrite is timed exactly for the stride-1 1x1 convolutions.
+    assert {k for k, r in rows.items() if "as_matmul_3_passes" in r} == {
+        label for label, _, _, _, k, s in bench_conv_kernels.SHAPES if k == 1 and s == 1}
+    assert report["matmul_peak_float32"] > 0 and report["batch"] == 2
