@@ -16,6 +16,15 @@ import common  # noqa: E402
 import suite  # noqa: E402
 
 
+def run_script(script, *args, timeout=600):
+    """Runs a benchmark script in a fresh process; fails the test with its stderr."""
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def test_flop_counts():
     # Training is ~3x the forward pass; FLOPs are 2x MACs.
     assert common.train_gflops("resnet50@224") == pytest.approx(6 * 4.09)
@@ -91,11 +100,7 @@ def test_the_recorded_runs_are_in_the_report():
 
 def test_bench_models_quick_smoke(tmp_path):
     out = tmp_path / "models.json"
-    proc = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "bench_models.py"), "--quick", "--keras-hub", "0",
-         "--json", str(out)],
-        capture_output=True, text=True, timeout=900, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_script("bench_models.py", "--quick", "--keras-hub", "0", "--json", out, timeout=900)
     report = json.loads(out.read_text())
     names = [r["name"] for r in report["results"]]
     assert names == ["keras.applications ResNet50", "keras_resnet resnet50_v1", "keras_resnet resnet50",
@@ -163,11 +168,7 @@ def test_compare_runs_rejects_what_is_not_a_finished_run(tmp_path):
 
 def test_bench_optimizer_times_both_sgds_and_writes_json(tmp_path):
     out = tmp_path / "optimizer.json"
-    proc = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "bench_optimizer.py"), "--model", "resnet20", "--quick",
-         "--json", str(out)],
-        capture_output=True, text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_script("bench_optimizer.py", "--model", "resnet20", "--quick", "--json", out)
     report = json.loads(out.read_text())
     assert report["params"] == 269_722 and report["model"] == "resnet20"
     assert set(report["ms_per_step"]) == {"keras.optimizers.SGD", "keras_resnet.optimizers.SGD"}
@@ -177,10 +178,7 @@ def test_bench_optimizer_times_both_sgds_and_writes_json(tmp_path):
 
 def test_bench_conv_kernels_reports_every_resnet50_shape(tmp_path):
     out = tmp_path / "conv.json"
-    proc = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "bench_conv_kernels.py"), "--quick", "--json", str(out)],
-        capture_output=True, text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_script("bench_conv_kernels.py", "--quick", "--json", out)
     report = json.loads(out.read_text())
     import bench_conv_kernels
 
