@@ -110,11 +110,11 @@ def make_optimizer(config, steps_per_epoch, total_steps, global_batch):
                   ema_momentum=config.ema_decay or 0.99)
     decoupled = config.weight_decay if config.weight_decay_mode == "decoupled" else None
     if config.optimizer == "sgd":
-        # keras_resnet's SGD: Keras's update rule as one fused kernel per variable.
+        # keras_resnet's SGD and AdamW: Keras's update rules, one fused kernel per variable.
         return optimizers.SGD(momentum=config.momentum, nesterov=config.nesterov,
                                     weight_decay=decoupled, **common)
     if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(weight_decay=decoupled or 0.0, **common)
+        return optimizers.AdamW(weight_decay=decoupled or 0.0, **common)
     raise ValueError(f"Unknown optimizer. Received: optimizer={config.optimizer!r}. Valid: 'sgd', 'adamw'")
 
 

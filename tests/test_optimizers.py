@@ -1,4 +1,4 @@
-"""keras_resnet.optimizers.SGD: Keras's SGD results from one fused kernel per variable."""
+"""keras_resnet.optimizers: Keras's SGD, Adam and AdamW results from one fused kernel per variable."""
 
 import keras
 import numpy as np
@@ -48,23 +48,41 @@ def test_same_weights_as_keras_sgd(options):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
 
 
-@pytest.mark.parametrize("policy,jit_compile", [
-    ("float32", True),  # XLA has a kernel for the fused op too
-    ("mixed_bfloat16", False),
-    ("mixed_float16", False),  # Keras wraps it in a LossScaleOptimizer
+@pytest.mark.parametrize("name, options, policy, jit_compile", [
+    ("SGD", dict(momentum=0.9, nesterov=True), "float32", True),  # XLA has the fused kernels too
+    ("AdamW", dict(weight_decay=0.05), "float32", True),
+    ("SGD", dict(momentum=0.9, nesterov=True), "mixed_bfloat16", False),
+    ("AdamW", dict(weight_decay=0.05), "mixed_bfloat16", False),
+    ("SGD", dict(momentum=0.9, nesterov=True), "mixed_float16", False),  # in a LossScaleOptimizer
 ])
-def test_same_weights_as_keras_sgd_under_xla_and_mixed_precision(policy, jit_compile):
+def test_same_weights_as_keras_under_xla_and_mixed_precision(name, options, policy, jit_compile):
     keras.mixed_precision.set_global_policy(policy)
     try:
-        reference, ref_losses = _train(keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
+        reference, ref_losses = _train(getattr(keras.optimizers, name)(0.05, **options),
                                        jit_compile=jit_compile)
-        fused, losses = _train(optimizers.SGD(0.1, momentum=0.9, nesterov=True), jit_compile=jit_compile)
+        fused, losses = _train(getattr(optimizers, name)(0.05, **options), jit_compile=jit_compile)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert losses[-1] < losses[0]
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-4, atol=1e-5)
     for a, b in zip(reference.weights, fused.weights):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-5, err_msg=a.path)
+
+
+@pytest.mark.parametrize("name, options", [
+    ("Adam", dict()),
+    ("Adam", dict(beta_1=0.8, beta_2=0.99, epsilon=1e-5, clipnorm=1.0)),
+    ("AdamW", dict(weight_decay=0.05)),
+    ("AdamW", dict(weight_decay=0.05, amsgrad=True)),  # Keras's own update (AMSGrad is not fused)
+])
+def test_adam_and_adamw_same_weights_as_keras(name, options):
+    schedule = keras.optimizers.schedules.PolynomialDecay(0.01, 10, 0.001)
+    reference, ref_losses = _train(getattr(keras.optimizers, name)(schedule, **options))
+    fused, losses = _train(getattr(optimizers, name)(schedule, **options))
+    assert losses[-1] < losses[0]
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-6)
+    for a, b in zip(reference.weights, fused.weights):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
 
 
 def _update_op_types(optimizer):
@@ -78,27 +96,38 @@ def _update_op_types(optimizer):
     return {op.type for op in step.get_concrete_function().graph.get_operations()}
 
 
-def test_momentum_step_is_one_fused_kernel():
+def test_each_step_is_one_fused_kernel():
     assert "ResourceApplyKerasMomentum" in _update_op_types(optimizers.SGD(0.1, momentum=0.9))
     assert "ResourceApplyKerasMomentum" not in _update_op_types(keras.optimizers.SGD(0.1, momentum=0.9))
+    assert "ResourceApplyAdam" in _update_op_types(optimizers.Adam(0.1))
+    assert "ResourceApplyAdam" in _update_op_types(optimizers.AdamW(0.1, weight_decay=0.01))
+    assert "ResourceApplyAdam" not in _update_op_types(keras.optimizers.AdamW(0.1))
+    assert "ResourceApplyAdam" not in _update_op_types(optimizers.AdamW(0.1, amsgrad=True))
 
 
-def test_config_and_model_save_round_trip(tmp_path):
-    model, _ = _train(optimizers.SGD(0.05, momentum=0.9, nesterov=True))
+@pytest.mark.parametrize("optimizer", [optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+                                       optimizers.AdamW(0.01, weight_decay=0.01)],
+                         ids=["SGD", "AdamW"])
+def test_config_and_model_save_round_trip(tmp_path, optimizer):
+    model, _ = _train(optimizer)
     restored_opt = keras.optimizers.deserialize(keras.optimizers.serialize(model.optimizer))
-    assert type(restored_opt) is optimizers.SGD
+    assert type(restored_opt) is type(optimizer)
     assert restored_opt.get_config() == model.optimizer.get_config()
 
     path = str(tmp_path / "m.keras")
     model.save(path)
     restored = keras.saving.load_model(path)
-    assert type(restored.optimizer) is optimizers.SGD
+    assert type(restored.optimizer) is type(optimizer)
     for a, b in zip(model.optimizer.variables, restored.optimizer.variables):
         np.testing.assert_array_equal(b.numpy(), a.numpy())
 
 
-def test_recipes_train_with_the_fused_sgd():
+def test_recipes_train_with_the_fused_optimizers():
     config = recipes.get_recipe("cifar10_fast")
     optimizer = make_optimizer(config, steps_per_epoch=10, total_steps=100, global_batch=512)
     assert type(optimizer) is optimizers.SGD
     assert optimizer.nesterov and optimizer.momentum == pytest.approx(0.9)
+    config = recipes.get_recipe("cifar10_fast", optimizer="adamw", weight_decay_mode="decoupled",
+                                weight_decay=0.05)
+    optimizer = make_optimizer(config, steps_per_epoch=10, total_steps=100, global_batch=512)
+    assert type(optimizer) is optimizers.AdamW and optimizer.weight_decay == pytest.approx(0.05)
