@@ -112,7 +112,7 @@ def make_optimizer(config, steps_per_epoch, total_steps, global_batch):
     if config.optimizer == "sgd":
         # keras_resnet's SGD and AdamW: Keras's update rules, one fused kernel per variable.
         return optimizers.SGD(momentum=config.momentum, nesterov=config.nesterov,
-                                    weight_decay=decoupled, **common)
+                              weight_decay=decoupled, **common)
     if config.optimizer == "adamw":
         return optimizers.AdamW(weight_decay=decoupled or 0.0, **common)
     raise ValueError(f"Unknown optimizer. Received: optimizer={config.optimizer!r}. Valid: 'sgd', 'adamw'")
