@@ -192,3 +192,36 @@ def test_bench_conv_kernels_reports_every_resnet50_shape(tmp_path):
     assert {k for k, r in rows.items() if "as_matmul_3_passes" in r} == {
         label for label, _, _, _, k, s in bench_conv_kernels.SHAPES if k == 1 and s == 1}
     assert report["matmul_peak_float32"] > 0 and report["batch"] == 2
+
+
+def test_memory_bound_inventory_matches_resnet50_v1():
+    import bench_memory_bound
+    import keras_resnet as kr
+
+    inventory = bench_memory_bound.resnet50_v1_layers(224)
+    count = lambda *ops: sum(n for op, _, n in inventory if op in ops)  # noqa: E731
+    # He et al.'s ResNet-50: a stem BatchNorm, three per bottleneck block (16
+    # blocks), one per projection shortcut (4); 16 residual adds.
+    assert count("bn", "bn_relu", "bn_add_relu") == 53
+    assert count("bn_add_relu") == count("grad_sum") == 16 and count("bn") == 4
+    # The channel widths (with multiplicity) are the real model's BatchNorms'.
+    model = kr.create_model("resnet50_v1", input_shape=(224, 224, 3))
+    real = sorted(int(w.shape[0]) for w in model.weights if w.path.endswith("gamma"))
+    listed = sorted(c for op, (_, _, c), n in inventory if op != "grad_sum" for _ in range(n))
+    assert real == listed
+    assert {op: (h, c) for op, (h, _, c), _ in inventory if op == "bn_relu" and h == 112} == {
+        "bn_relu": (112, 64)}
+
+
+def test_bench_memory_bound_times_every_op_and_the_step(tmp_path):
+    out = tmp_path / "memory.json"
+    proc = run_script("bench_memory_bound.py", "--quick", "--json", out)
+    report = json.loads(out.read_text())
+    import bench_memory_bound
+
+    assert len(report["ops"]) == len(bench_memory_bound.resnet50_v1_layers(64))
+    assert all(r["tf_ms"] > 0 and r["bound_ms"] > 0 and r["xla_ms"] is None for r in report["ops"])
+    summary = report["summary"]
+    assert summary["step_ms"] > summary["memory_bound_tf_ms"] > 0
+    assert 0 < summary["train_efficiency"] < summary["train_efficiency_if_at_traffic_bound"]
+    assert report["bandwidth_gb_s"] > 0 and "traffic lower bound" in proc.stdout

@@ -1,0 +1,232 @@
+"""Where the rest of a float32 ResNet-50 training step goes: the memory-bound ops against memory bandwidth.
+
+    python benchmarks/bench_memory_bound.py [--batch 32] [--no-xla] [--quick] [--json out.json]
+
+`bench_conv_kernels.py` shows the convolutions run at the matmul peak, so the
+float32 training step's distance from that peak is the work between them:
+BatchNorm statistics and gradients, ReLU, the residual adds and the sums of
+gradients where a block's input feeds both its shortcut and its branch. This
+script times that work layer type by layer type, exactly as keras_resnet
+trains it (`FusedBatchNormalization` in training mode, `keras.layers.Add`,
+ReLU; forward and backward, one `tf.function` each), for every shape of
+ResNet-50 v1 (`resnet50_v1`, the keras.applications layout) at 224 px, and sets
+it against two same-run measurements:
+
+* a memory-bandwidth probe (`y = 2 * x` over a tensor the size of the largest
+  activation: read once, written once);
+* the least memory traffic any kernel could do the same work in (counted per
+  op below, in whole-tensor reads and writes), divided by that bandwidth.
+
+It also times a real `resnet50_v1` training step and the matmul probe in the
+same run, and prints what the step's efficiency against the matmul peak would
+be if all of this work ran at the traffic lower bound (perfectly fused kernels
+that TensorFlow does not have on CPU): the ceiling for fusion alone. With
+XLA (on by default, `--no-xla` to skip) each op is also timed compiled by XLA,
+the one automatic fuser TensorFlow has.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import hardware, print_hardware, train_gflops, write_json  # noqa: E402
+
+# Least whole-tensor reads + writes for each op's forward and backward pass
+# (fp32, two-pass BatchNorm: statistics must be complete before normalising).
+#   bn:          fwd read x (stats), read x + write y = 3;
+#                bwd read dy, x (the two channel sums), read dy, x + write dx = 5.
+#   bn_relu:     the same 8: the ReLU mask can be recomputed from x and the statistics.
+#   bn_add_relu: fwd read x (stats), read x, s + write y = 4; bwd read dy, y, x +
+#                write ds (= dy * mask) and the sums, read ds, x + write dx = 7.
+#   grad_sum:    a block input's gradient, shortcut's + branch's: read 2, write 1.
+TRAFFIC = {"bn": 8, "bn_relu": 8, "bn_add_relu": 11, "grad_sum": 3}
+
+
+def resnet50_v1_layers(image_size=224):
+    """(op, (h, w, c), count) for each memory-bound op of a ResNet-50 v1 training step.
+
+    v1 (keras.applications) strides in each stage's first 1x1 convolution, so
+    every BatchNorm of a stage runs at the stage's output resolution.
+    """
+    def side(stride_total):
+        return -(-image_size // stride_total)
+
+    counts = {}
+
+    def add(op, hw, c, n=1):
+        key = (op, (hw, hw, c))
+        counts[key] = counts.get(key, 0) + n
+
+    add("bn_relu", side(2), 64)  # stem
+    in_channels, in_side = 64, side(4)
+    for stage, (filters, blocks) in enumerate([(64, 3), (128, 4), (256, 6), (512, 3)]):
+        hw = side(4 * 2 ** stage)
+        for block in range(blocks):
+            add("bn_relu", hw, filters, 2)
+            add("bn_add_relu", hw, 4 * filters)
+            if block == 0:
+                add("bn", hw, 4 * filters)  # projection shortcut
+                add("grad_sum", in_side, in_channels)
+            else:
+                add("grad_sum", hw, 4 * filters)
+        in_channels, in_side = 4 * filters, hw
+    return [(op, shape, n) for (op, shape), n in counts.items()]
+
+
+def _op_step(op, batch, shape, jit):
+    """A `tf.function` running `op`'s forward and backward pass once, and its inputs."""
+    import keras
+    import tensorflow as tf
+
+    from keras_resnet.layers import FusedBatchNormalization
+
+    x = tf.random.normal((batch, *shape))
+    s = tf.random.normal((batch, *shape))
+    dy = tf.random.normal((batch, *shape))
+    if op == "grad_sum":
+        body = lambda x, s, dy: (x + s)[0, 0, 0, 0]  # noqa: E731: the whole sum, one element out
+        return tf.function(body, jit_compile=jit), (x, s, dy)
+    bn = FusedBatchNormalization(epsilon=1.001e-5)
+    bn.build((batch, *shape))
+    add, relu = keras.layers.Add(), keras.layers.ReLU()
+
+    def forward(x, s):
+        y = bn(x, training=True)
+        if op == "bn_add_relu":
+            y = add([s, y])
+        return relu(y) if op != "bn" else y
+
+    forward = tf.function(forward, jit_compile=True) if jit else forward
+
+    @tf.function
+    def step(x, s, dy):
+        with tf.GradientTape() as tape:
+            tape.watch([x, s])
+            y = forward(x, s)
+        grads = tape.gradient(y, [x, s, bn.gamma, bn.beta], output_gradients=dy)
+        # One element of each gradient: nothing but the op is timed, yet every
+        # gradient has to be computed in full.
+        return tf.add_n([g[0] if g.shape.rank == 1 else g[0, 0, 0, 0]
+                         for g in grads if g is not None])
+
+    return step, (x, s, dy)
+
+
+def _best_ms(fn, args, repeats):
+    fn(*args).numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(*args).numpy()
+        best = min(best, time.perf_counter() - start)
+    return best * 1e3
+
+
+def bandwidth_probe(elements, repeats):
+    """GB/s of `2 * x` over `elements` float32s (one read, one write per element)."""
+    import tensorflow as tf
+
+    x = tf.random.normal((elements,))
+    scale = tf.function(lambda x: (2.0 * x)[0])
+    return 2 * 4 * elements / _best_ms(scale, (x,), repeats) / 1e6
+
+
+def step_seconds(batch, image_size, steps):
+    """Median seconds of a `resnet50_v1` float32 `train_on_batch` (as bench_models.py builds it)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from bench_models import SAME_ARCH, build
+
+    model = build(SAME_ARCH, image_size)
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.uniform(0, 255, (batch, image_size, image_size, 3)).astype("float32"))
+    y = tf.constant(np.eye(1000, dtype="float32")[rng.integers(0, 1000, batch)])
+    for _ in range(2):
+        model.train_on_batch(x, y)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        float(model.train_on_batch(x, y))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=4, help="best of this many, per op")
+    parser.add_argument("--steps", type=int, default=3, help="timed resnet50_v1 train steps")
+    parser.add_argument("--no-xla", action="store_true", help="skip the XLA-compiled timings")
+    parser.add_argument("--quick", action="store_true",
+                        help="batch 2, 64 px, 1 repeat, 1 step, no XLA (a smoke run)")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.batch, args.image_size, args.repeats, args.steps, args.no_xla = 2, 64, 1, 1, True
+    if min(args.batch, args.repeats, args.steps) < 1 or args.image_size < 32:
+        parser.error("--batch, --repeats and --steps must be >= 1 and --image-size >= 32. Received: "
+                     f"batch={args.batch}, repeats={args.repeats}, steps={args.steps}, "
+                     f"image_size={args.image_size}")
+    from matmul_probe import probe
+
+    info = hardware()
+    print_hardware(info)
+    layers = resnet50_v1_layers(args.image_size)
+    largest = max(args.batch * h * w * c for _, (h, w, c), _ in layers)
+    bandwidth = bandwidth_probe(largest, args.repeats + 2)
+    peak = probe("float32", 512 if args.quick else 2048)
+    print(f"memory bandwidth ({largest * 4 / 1e6:.0f} MB, 2*x): {bandwidth:.1f} GB/s; "
+          f"matmul peak float32: {peak:.1f} GFLOP/s (same run); batch {args.batch}, "
+          f"{args.image_size} px")
+    print(f"{'op':12s} {'shape':>14s} {'n':>3s} {'TF ms':>8s} {'XLA ms':>8s} "
+          f"{'bound ms':>8s} {'TF % of bound':>13s}")
+    rows, tf_total, xla_total, bound_total = [], 0.0, 0.0, 0.0
+    for op, shape, count in layers:
+        megabytes = TRAFFIC[op] * 4 * args.batch * shape[0] * shape[1] * shape[2] / 1e6
+        bound = megabytes / bandwidth  # MB / (GB/s) = ms
+        tf_ms = _best_ms(*_op_step(op, args.batch, shape, jit=False), args.repeats)
+        xla_ms = None if args.no_xla else _best_ms(*_op_step(op, args.batch, shape, jit=True),
+                                                   args.repeats)
+        rows.append({"op": op, "shape": list(shape), "count": count, "tf_ms": tf_ms,
+                     "xla_ms": xla_ms, "bound_ms": bound, "least_traffic_mb": megabytes})
+        tf_total += count * tf_ms
+        bound_total += count * bound
+        xla_total = None if xla_ms is None else xla_total + count * xla_ms
+        xla_text = f"{xla_ms:8.1f}" if xla_ms is not None else f"{'-':>8s}"
+        print(f"{op:12s} {str(shape):>14s} {count:3d} {tf_ms:8.1f} {xla_text} {bound:8.1f} "
+              f"{bound / tf_ms:13.0%}")
+    step = step_seconds(args.batch, args.image_size, args.steps) * 1e3
+    conv_at_peak = train_gflops("resnet50@224") * (args.image_size / 224) ** 2 * args.batch / peak * 1e3
+    efficiency = conv_at_peak / step
+    # Perfect fusion would replace the measured memory-bound time by its bound.
+    fused_step = step - tf_total + bound_total
+    summary = {
+        "step_ms": step, "conv_flops_at_matmul_peak_ms": conv_at_peak,
+        "memory_bound_tf_ms": tf_total, "memory_bound_xla_ms": xla_total,
+        "memory_bound_least_traffic_ms": bound_total,
+        "train_efficiency": efficiency, "train_efficiency_if_at_traffic_bound": conv_at_peak / fused_step,
+    }
+    print(f"totals per training step: TF {tf_total:.0f} ms"
+          + (f", XLA {xla_total:.0f} ms" if xla_total is not None else "")
+          + f", traffic lower bound {bound_total:.0f} ms ({bound_total / tf_total:.0%} of TF's)")
+    print(f"resnet50_v1 float32 train step {step:.0f} ms; its FLOPs at the matmul peak "
+          f"{conv_at_peak:.0f} ms: {efficiency:.0%} of peak; memory-bound ops "
+          f"{tf_total / step:.0%} of the step (timed alone)")
+    print(f"with every memory-bound op at its traffic lower bound: {fused_step:.0f} ms, "
+          f"{conv_at_peak / fused_step:.0%} of peak")
+    write_json(args.json, {
+        "command": "benchmarks/bench_memory_bound.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "hardware": info, "batch": args.batch, "image_size": args.image_size,
+        "bandwidth_gb_s": bandwidth, "matmul_peak_float32": peak, "traffic_per_op": TRAFFIC,
+        "ops": rows, "summary": summary})
+
+
+if __name__ == "__main__":
+    main()
