@@ -96,6 +96,7 @@ def test_the_recorded_runs_are_in_the_report():
     """Every run record the README cites is readable by the suite."""
     names = {r["run"] for r in suite.time_to_accuracy()}
     assert {"cifar10_fast_resnet9half_22ep", "cifar10_fast_resnet9half_22ep_fp32", "cifar10_fast_resnet9half_22ep_seed1",
+            "cifar10_fast_resnet9half_22ep_fp32_seed1",
             "cifar10_fast_resnet20_34ep"} <= names
 
 
