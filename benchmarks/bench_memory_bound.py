@@ -12,8 +12,8 @@ ReLU; forward and backward, one `tf.function` each), for every shape of
 ResNet-50 v1 (`resnet50_v1`, the keras.applications layout) at 224 px, and sets
 it against two same-run measurements:
 
-* a memory-bandwidth probe (`y = 2 * x` over a tensor the size of the largest
-  activation: read once, written once);
+* a memory-bandwidth probe (the faster of `2 * x` and `x + y` over tensors the
+  size of the largest activation);
 * the least memory traffic a standalone kernel could do the same work in
   (counted per op below, in whole-tensor reads and writes), divided by that
   bandwidth. Standalone: a kernel that computed the BatchNorm statistics or
@@ -140,12 +140,17 @@ def _best_ms(fn, args, repeats):
 
 
 def bandwidth_probe(elements, repeats):
-    """GB/s of `2 * x` over `elements` float32s (one read, one write per element)."""
+    """GB/s moved by the faster of `2 * x` (one read, one write per element) and
+    `x + y` (two reads, one write) over `elements` float32s each: the element-wise
+    kernels TensorFlow already has, so the bound below is one they reach."""
     import tensorflow as tf
 
     x = tf.random.normal((elements,))
-    scale = tf.function(lambda x: (2.0 * x)[0])
-    return 2 * 4 * elements / _best_ms(scale, (x,), repeats) / 1e6
+    y = tf.random.normal((elements,))
+    scale = tf.function(lambda x, y: (2.0 * x)[0])
+    add = tf.function(lambda x, y: (x + y)[0])
+    return max(2 * 4 * elements / _best_ms(scale, (x, y), repeats) / 1e6,
+               3 * 4 * elements / _best_ms(add, (x, y), repeats) / 1e6)
 
 
 def step_seconds(batch, image_size, steps):
@@ -194,7 +199,7 @@ def main(argv=None):
     largest = max(args.batch * h * w * c for _, (h, w, c), _ in layers)
     bandwidth = bandwidth_probe(largest, args.repeats + 2)
     peak = probe("float32", 512 if args.quick else 2048)
-    print(f"memory bandwidth ({largest * 4 / 1e6:.0f} MB, 2*x): {bandwidth:.1f} GB/s; "
+    print(f"memory bandwidth ({largest * 4 / 1e6:.0f} MB tensors, 2*x or x+y): {bandwidth:.1f} GB/s; "
           f"matmul peak float32: {peak:.1f} GFLOP/s (same run); batch {args.batch}, "
           f"{args.image_size} px")
     print(f"{'op':12s} {'shape':>14s} {'n':>3s} {'TF ms':>8s} {'XLA ms':>8s} "
