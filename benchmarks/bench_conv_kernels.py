@@ -15,12 +15,11 @@ what `profile_resnet50.py` attributes it to.
 import argparse
 import os
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(__file__))
 
-from common import hardware, print_hardware, write_json  # noqa: E402
+from common import best_call_seconds, hardware, print_hardware, write_json  # noqa: E402
 
 # (label, input size, in channels, out channels, kernel, stride): ResNet-50 v1.5 at 224 px.
 SHAPES = [
@@ -36,16 +35,6 @@ SHAPES = [
     ("conv5 3x3 512->512", 7, 512, 512, 3, 1),
     ("conv5 1x1 512->2048", 7, 512, 2048, 1, 1),
 ]
-
-
-def _best_seconds(fn, args, repeats):
-    fn(*args).numpy()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(*args).numpy()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def measure(batch, size, cin, cout, k, stride, repeats):
@@ -64,15 +53,15 @@ def measure(batch, size, cin, cout, k, stride, repeats):
         input=x, filter_sizes=tf.shape(w), out_backprop=dy, strides=strides, padding="SAME")[0, 0, 0, 0])
     gflop = 2 * batch * out * out * cin * cout * k * k / 1e9
     row = {"gflop": gflop,
-           "forward": gflop / _best_seconds(forward, (x, w), repeats),
-           "grad_input": gflop / _best_seconds(grad_input, (x, w, dy), repeats),
-           "grad_filter": gflop / _best_seconds(grad_filter, (x, w, dy), repeats)}
+           "forward": gflop / best_call_seconds(forward, (x, w), repeats),
+           "grad_input": gflop / best_call_seconds(grad_input, (x, w, dy), repeats),
+           "grad_filter": gflop / best_call_seconds(grad_filter, (x, w, dy), repeats)}
     if k == 1 and stride == 1:
         x2, w2, dy2 = tf.reshape(x, [-1, cin]), tf.reshape(w, [cin, cout]), tf.reshape(dy, [-1, cout])
         as_matmul = tf.function(lambda x2, w2, dy2: tf.matmul(x2, w2)[0, 0]
                                 + tf.matmul(dy2, w2, transpose_b=True)[0, 0]
                                 + tf.matmul(x2, dy2, transpose_a=True)[0, 0])
-        row["as_matmul_3_passes"] = 3 * gflop / _best_seconds(as_matmul, (x2, w2, dy2), repeats)
+        row["as_matmul_3_passes"] = 3 * gflop / best_call_seconds(as_matmul, (x2, w2, dy2), repeats)
     return row
 
 

@@ -44,7 +44,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import hardware, print_hardware, train_gflops, write_json  # noqa: E402
+from common import best_call_seconds, hardware, print_hardware, train_gflops, write_json  # noqa: E402
 
 # Least whole-tensor reads + writes for each op's forward and backward pass
 # (fp32, two-pass BatchNorm: statistics must be complete before normalising).
@@ -129,16 +129,6 @@ def _op_step(op, batch, shape, jit):
     return step, (x, s, dy)
 
 
-def _best_ms(fn, args, repeats):
-    fn(*args).numpy()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(*args).numpy()
-        best = min(best, time.perf_counter() - start)
-    return best * 1e3
-
-
 def bandwidth_probe(elements, repeats):
     """GB/s moved by the faster of `2 * x` (one read, one write per element) and
     `x + y` (two reads, one write) over `elements` float32s each: the element-wise
@@ -149,8 +139,8 @@ def bandwidth_probe(elements, repeats):
     y = tf.random.normal((elements,))
     scale = tf.function(lambda x, y: (2.0 * x)[0])
     add = tf.function(lambda x, y: (x + y)[0])
-    return max(2 * 4 * elements / _best_ms(scale, (x, y), repeats) / 1e6,
-               3 * 4 * elements / _best_ms(add, (x, y), repeats) / 1e6)
+    return max(2 * 4 * elements / best_call_seconds(scale, (x, y), repeats) / 1e9,
+               3 * 4 * elements / best_call_seconds(add, (x, y), repeats) / 1e9)
 
 
 def step_seconds(batch, image_size, steps):
@@ -208,9 +198,11 @@ def main(argv=None):
     for op, shape, count in layers:
         megabytes = TRAFFIC[op] * 4 * args.batch * shape[0] * shape[1] * shape[2] / 1e6
         bound = megabytes / bandwidth  # MB / (GB/s) = ms
-        tf_ms = _best_ms(*_op_step(op, args.batch, shape, jit=False), args.repeats)
-        xla_ms = None if args.no_xla else _best_ms(*_op_step(op, args.batch, shape, jit=True),
-                                                   args.repeats)
+        def ms(jit):
+            return 1e3 * best_call_seconds(*_op_step(op, args.batch, shape, jit), args.repeats)
+
+        tf_ms = ms(jit=False)
+        xla_ms = None if args.no_xla else ms(jit=True)
         rows.append({"op": op, "shape": list(shape), "count": count, "tf_ms": tf_ms,
                      "xla_ms": xla_ms, "bound_ms": bound, "least_traffic_mb": megabytes})
         tf_total += count * tf_ms

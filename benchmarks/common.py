@@ -93,6 +93,12 @@ def timed(fn, repeats, warmup=1):
     return best
 
 
+def best_call_seconds(fn, args, repeats):
+    """Best-of-`repeats` seconds of `fn(*args).numpy()` after one warm-up call (a
+    traced `tf.function` returning a small tensor: `.numpy()` waits for it)."""
+    return timed(lambda: fn(*args).numpy(), repeats, warmup=1)
+
+
 def write_json(path, payload):
     if path:
         with open(path, "w") as f:
