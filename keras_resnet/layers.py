@@ -88,6 +88,9 @@ class FusedBatchNormalization(layers.BatchNormalization):
 
         if not batch_stats:
             return self.fused_inference_call(inputs)
+        fused = self.kernel_training_call(inputs)
+        if fused is not None:
+            return fused
         x = inputs
         if x.dtype not in (tf.float32, tf.bfloat16, tf.float16):
             x = tf.cast(x, tf.float32)
@@ -99,6 +102,35 @@ class FusedBatchNormalization(layers.BatchNormalization):
         self.moving_mean.assign(tf.cast(new_mean, self.moving_mean.dtype))
         self.moving_variance.assign(tf.cast(new_variance, self.moving_variance.dtype))
         return tf.cast(y, self.compute_dtype)
+
+    def kernel_training_call(self, inputs, residual=None, relu=False, mask=None):
+        """Training-mode `act(bn(inputs) [+ residual])` as one keras_resnet kernel
+        (`keras_resnet.kernels`), updating the moving statistics; None where those
+        kernels cannot run (float32 on CPU only), so the caller takes its usual path.
+        """
+        from keras_resnet import kernels
+
+        if not (self.trainable and self._fusable(inputs, mask) and kernels.usable(inputs)):
+            return None
+        if residual is not None and tuple(residual.shape) != tuple(inputs.shape):
+            return None
+        import tensorflow as tf
+
+        y, mean, variance = kernels.batchnorm_act(
+            inputs, tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32),
+            self.epsilon, residual=residual, relu=relu)
+        # The moving variance takes the unbiased batch variance, as TensorFlow's
+        # fused kernel (the other training path of this layer) does.
+        count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:-1]), tf.float32)
+        variance = variance * count / tf.maximum(count - 1.0, 1.0)
+        decay = tf.cast(self.momentum, tf.float32)
+        self.moving_mean.assign(tf.cast(
+            tf.cast(self.moving_mean, tf.float32) * decay + mean * (1.0 - decay),
+            self.moving_mean.dtype))
+        self.moving_variance.assign(tf.cast(
+            tf.cast(self.moving_variance, tf.float32) * decay + variance * (1.0 - decay),
+            self.moving_variance.dtype))
+        return y
 
     def fused_inference_call(self, inputs, input_bias=None):
         """Inference with the moving statistics as one `FusedBatchNormV3`.
@@ -124,6 +156,11 @@ class FusedBatchNormalization(layers.BatchNormalization):
 
 _FUSED_BATCHNORM = [True]
 _FOLD_AT_INFERENCE = [True]
+
+
+def _is_relu(layer):
+    return isinstance(layer, layers.Activation) and getattr(
+        layer.activation, "__name__", None) == "relu"
 
 
 def conv_then_batchnorm(conv, bn, x, training=None):
@@ -493,7 +530,15 @@ class ResidualBlock(layers.Layer):
             y = self._apply(self.branch_layers[:-2], pre, training)
             y = folded_conv_batchnorm(self.branch_layers[-2], self.branch_layers[-1], y)
             return self.out_relu(self.add([shortcut, y]))
-        y = self._apply(self.branch_layers, pre, training)
+        if self._fuses_sum_in_training(training):
+            # relu(bn(conv(y)) + shortcut) and its gradient as one keras_resnet kernel each.
+            y = self._apply(self.branch_layers[:-1], pre, training)
+            fused = self.branch_layers[-1].kernel_training_call(y, residual=shortcut, relu=True)
+            if fused is not None:
+                return fused
+            y = self.branch_layers[-1](y, training=training)
+        else:
+            y = self._apply(self.branch_layers, pre, training)
         if self.se is not None:
             y = self.se(y)
         if self.drop_path is not None:
@@ -502,6 +547,15 @@ class ResidualBlock(layers.Layer):
         if self.out_relu is not None:
             y = self.out_relu(y)
         return y
+
+    def _fuses_sum_in_training(self, training):
+        """Training through a post-activation block whose branch ends in a
+        BatchNorm, with nothing between it, the sum and the ReLU."""
+        return (bool(training) and not self.preactivation and self.out_relu is not None
+                and self.se is None and self.drop_path is None and len(self.branch_layers) >= 2
+                and isinstance(self.branch_layers[-2], layers.Conv2D)
+                and isinstance(self.branch_layers[-1], FusedBatchNormalization)
+                and self.branch_layers[-1].trainable)
 
     def _folds_last_conv_into_the_sum(self, x, training):
         """Inference through a post-activation block whose branch ends in
@@ -524,6 +578,19 @@ class ResidualBlock(layers.Layer):
             layer = steps[i]
             following = steps[i + 1] if i + 1 < len(steps) else None
             if isinstance(layer, layers.Conv2D) and isinstance(following, layers.BatchNormalization):
+                after = steps[i + 2] if i + 2 < len(steps) else None
+                if (training and _is_relu(after) and isinstance(following, FusedBatchNormalization)
+                        and following.trainable):
+                    # Training: BatchNorm + ReLU as one keras_resnet kernel where it runs.
+                    y = layer(x)
+                    fused = following.kernel_training_call(y, relu=True)
+                    if fused is not None:
+                        x = fused
+                        i += 3
+                        continue
+                    x = following(y, training=training)
+                    i += 2
+                    continue
                 x = conv_then_batchnorm(layer, following, x, training)
                 i += 2
             else:

@@ -1,0 +1,327 @@
+"""keras_resnet's fused BatchNorm (+ add) (+ ReLU) CPU kernels (`keras_resnet.kernels`).
+
+The op is checked against a float64 reference written with plain TensorFlow ops,
+forward and gradient, on shapes that exercise the vector tails (channels not a
+multiple of 16) and row blocking (fewer rows than one chunk, many chunks); then
+in the layers and whole models, against the same models traced with
+`kernels.disabled()`.
+"""
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_resnet as kr
+from keras_resnet import kernels
+from keras_resnet.layers import FusedBatchNormalization, unfused_batchnorm
+
+from harness import sublayer, to_numpy
+
+
+@pytest.fixture(scope="module")
+def ops():
+    module = kernels.load()
+    if module is None:
+        pytest.skip(f"keras_resnet's kernels did not build here: {kernels.unavailable_reason()}")
+    return module
+
+
+def reference(x, residual, gamma, beta, epsilon, relu, dy):
+    """Float64 `act(bn(x) + residual)` with batch statistics, and its gradients."""
+    x, gamma, beta, dy = (tf.constant(v, tf.float64) for v in (x, gamma, beta, dy))
+    residual = None if residual is None else tf.constant(residual, tf.float64)
+    with tf.GradientTape() as tape:
+        tape.watch([x, gamma, beta] + ([] if residual is None else [residual]))
+        mean, variance = tf.nn.moments(x, axes=[0, 1, 2])
+        y = (x - mean) * tf.math.rsqrt(variance + epsilon) * gamma + beta
+        if residual is not None:
+            y = y + residual
+        if relu:
+            y = tf.nn.relu(y)
+    sources = [x, gamma, beta] + ([] if residual is None else [residual])
+    grads = tape.gradient(y, sources, output_gradients=dy)
+    return [t.numpy() for t in [y, mean, variance] + grads]
+
+
+def kernel_outputs(x, residual, gamma, beta, epsilon, relu, dy):
+    x, gamma, beta, dy = (tf.constant(v, tf.float32) for v in (x, gamma, beta, dy))
+    residual = None if residual is None else tf.constant(residual, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch([x, gamma, beta] + ([] if residual is None else [residual]))
+        y, mean, variance = kernels.batchnorm_act(x, gamma, beta, epsilon, residual=residual, relu=relu)
+    sources = [x, gamma, beta] + ([] if residual is None else [residual])
+    grads = tape.gradient(y, sources, output_gradients=dy)
+    return [t.numpy() for t in [y, mean, variance] + grads]
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (4, 9, 9, 40), (3, 16, 16, 64)])
+@pytest.mark.parametrize("residual,relu", [(True, True), (False, True), (False, False), (True, False)])
+def test_op_matches_float64_reference(ops, shape, residual, relu):
+    rng = np.random.default_rng(sum(shape))
+    c = shape[-1]
+    # An offset mean (3.0) checks the variance for cancellation; pre-activations
+    # are kept away from 0 so both sides see the same ReLU mask.
+    x = rng.normal(3.0, 2.0, shape)
+    gamma, beta = rng.uniform(0.5, 1.5, c), rng.normal(0, 1, c)
+    res = rng.normal(0, 1, shape) if residual else None
+    z = (x - x.mean((0, 1, 2))) / np.sqrt(x.var((0, 1, 2)) + 1e-3) * gamma + beta + (res if residual else 0)
+    x = np.where(np.abs(z) < 0.05, x + 0.2 * np.sign(gamma), x)
+    dy = rng.normal(0, 1, shape)
+    want = reference(x, res, gamma, beta, 1e-3, relu, dy)
+    got = kernel_outputs(x, res, gamma, beta, 1e-3, relu, dy)
+    names = ["y", "mean", "variance", "dx", "dgamma", "dbeta", "dresidual"]
+    for name, g, w in zip(names, got, want):
+        np.testing.assert_allclose(g, w, rtol=2e-4, atol=2e-4 * np.abs(w).max(), err_msg=name)
+    if relu:
+        assert (got[0] == 0).any() and (got[0] > 0).any()  # the mask was exercised
+
+
+def test_op_empty_batch_gives_nan_statistics_like_tensorflow(ops):
+    x = tf.zeros([0, 4, 4, 3])
+    y, mean, variance = kernels.batchnorm_act(x, tf.ones([3]), tf.zeros([3]), 1e-3, relu=True)
+    _, tf_mean, tf_variance = tf.compat.v1.nn.fused_batch_norm(
+        x, tf.ones([3]), tf.zeros([3]), epsilon=1e-3, is_training=True)
+    assert y.shape == (0, 4, 4, 3)
+    assert np.isnan(mean.numpy()).all() and np.isnan(variance.numpy()).all()
+    assert np.isnan(tf_mean.numpy()).all() and np.isnan(tf_variance.numpy()).all()
+
+
+def test_op_rejects_mismatched_residual(ops):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="residual shape"):
+        kernels.batchnorm_act(tf.zeros([2, 4, 4, 3]), tf.ones([3]), tf.zeros([3]), 1e-3,
+                              residual=tf.zeros([2, 4, 4, 4]))
+
+
+def test_layer_training_call_matches_tensorflow_path(ops):
+    """Same output and moving statistics as the layer's FusedBatchNormV3 path."""
+    x = np.random.default_rng(0).normal(2.0, 3.0, (8, 10, 10, 24)).astype("float32")
+    layers = []
+    for use_kernels in (True, False):
+        layer = FusedBatchNormalization(momentum=0.9, epsilon=1e-3)
+        layer.build(x.shape)
+        layer.set_weights([np.linspace(0.5, 1.5, 24), np.linspace(-1, 1, 24), np.full(24, 0.3),
+                           np.full(24, 2.0)])
+        if use_kernels:
+            out = layer(x, training=True)
+        else:
+            with kernels.disabled():
+                out = layer(x, training=True)
+        layers.append((layer, to_numpy(out)))
+    (ours, got), (ref, want) = layers
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    np.testing.assert_allclose(to_numpy(ours.moving_mean), to_numpy(ref.moving_mean), rtol=1e-5)
+    np.testing.assert_allclose(to_numpy(ours.moving_variance), to_numpy(ref.moving_variance), rtol=1e-5)
+    assert not np.allclose(to_numpy(ours.moving_variance), 2.0)
+
+
+def block_gradients(block, x, dy, mode):
+    context = {"kernels": contextlib.nullcontext(), "tensorflow": kernels.disabled(),
+               "keras": unfused_batchnorm()}[mode]
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        with context:
+            out = block(x, training=True)
+    grads = tape.gradient(out, [x] + block.trainable_variables, output_gradients=dy)
+    return out.numpy(), [g.numpy() for g in grads], [v.numpy() for v in block.non_trainable_variables]
+
+
+@pytest.mark.parametrize("cls,kwargs,in_channels", [
+    (kr.BasicBlock, dict(filters=32), 32),
+    (kr.BasicBlock, dict(filters=64, strides=2, shortcut="zero_pad"), 32),
+    (kr.BasicBlock, dict(filters=64, strides=2, shortcut="projection"), 32),
+    (kr.BottleneckBlock, dict(filters=16, strides=2), 32),                       # v1.5
+    (kr.BottleneckBlock, dict(filters=16, stride_on="1x1", conv_bias=True), 64),  # v1, identity
+    (kr.BottleneckBlock, dict(filters=16, strides=2, shortcut="avg_pool"), 32),   # ResNet-D
+])
+def test_blocks_match_tensorflow_to_round_off(ops, cls, kwargs, in_channels):
+    """Every post-activation block type: output, input and weight gradients and
+    moving statistics through the kernels differ from TensorFlow's ops by no more
+    than Keras's own BatchNorm composition does (plus 1e-6)."""
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(0, 1, (8, 16, 16, in_channels)).astype("float32"))
+    results = {}
+    for mode in ("kernels", "tensorflow", "keras"):
+        keras.utils.set_random_seed(0)
+        block = cls(name="b", **kwargs)
+        block.build(x.shape)
+        if mode == "kernels":
+            dy = tf.constant(rng.normal(0, 1, block.compute_output_shape(x.shape)).astype("float32"))
+        results[mode] = block_gradients(block, x, dy, mode)
+    ref = results["tensorflow"]
+    error = lambda got: max(np.linalg.norm(g - w) / np.linalg.norm(w)
+                            for g, w in zip(got[1], ref[1]) if np.abs(w).max() > 1e-6)
+    assert error(results["kernels"]) <= 3 * error(results["keras"]) + 1e-6
+    np.testing.assert_allclose(results["kernels"][0], ref[0], atol=1e-5)
+    for got, want in zip(results["kernels"][2], ref[2]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def traced_op_types(model, x, y, use_kernels):
+    """Op types of one compiled training step (loss and gradients) of `model`."""
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, model(x, training=True)))
+        return loss, tape.gradient(loss, model.trainable_variables)
+
+    if use_kernels:
+        graph = step.get_concrete_function(x, y).graph
+    else:
+        with kernels.disabled():
+            graph = step.get_concrete_function(x, y).graph
+    return [op.type for op in graph.get_operations()]
+
+
+def gradients_and_statistics(name, input_shape, use_kernels, nudge=False, keras_batchnorm=False):
+    """Loss, gradients and moving statistics after one training call; `nudge`
+    moves every input pixel by one float32 ulp, `keras_batchnorm` traces Keras's
+    own BatchNorm composition instead of any fused kernel (the two yardsticks)."""
+    keras.utils.set_random_seed(0)
+    model = kr.create_model(name, input_shape=input_shape, num_classes=10)
+    x = np.random.default_rng(1).normal(0, 1, (8,) + input_shape).astype("float32")
+    if nudge:
+        x = np.nextafter(x, np.float32(np.inf))
+    y = np.arange(8) % 10
+    context = (unfused_batchnorm() if keras_batchnorm else
+               contextlib.nullcontext() if use_kernels else kernels.disabled())
+    with tf.GradientTape() as tape:
+        with context:
+            out = model(x, training=True)
+        loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, out))
+    grads = tape.gradient(loss, model.trainable_variables)
+    return (float(loss), {v.path: g.numpy() for v, g in zip(model.trainable_variables, grads)},
+            {v.path: v.numpy() for v in model.non_trainable_variables})
+
+
+def relative_errors(got, want):
+    """Per-variable ||got - want|| / ||want||, skipping biases before a
+    BatchNorm (no gradient but round-off)."""
+    return {path: float(np.linalg.norm(got[path] - w) / np.linalg.norm(w))
+            for path, w in want.items() if not (path.endswith("bias") and np.abs(w).max() < 1e-6)}
+
+
+@pytest.mark.parametrize("name,input_shape", [
+    ("resnet20", (32, 32, 3)), ("resnet50", (64, 64, 3)), ("resnet50_v1", (64, 64, 3))])
+def test_models_train_through_the_kernels_with_the_same_gradients(ops, name, input_shape):
+    """A whole model's loss, every gradient and every moving statistic after one
+    training call match the same model traced with TensorFlow's ops.
+
+    How close is close enough is measured, not guessed: the same comparison is
+    made for two changes that are round-off by construction, Keras's own
+    BatchNorm composition in place of TensorFlow's fused kernel, and every input
+    pixel moved by one ulp. Deep nets at small batches amplify round-off (in
+    resnet50 here either change moves the stem's gradient by a few percent, as
+    ReLU mask bits near zero flip), so the kernels may differ by three times the
+    larger of the two, or 1e-3 where the net is too well conditioned for either
+    to show (resnet20: 1e-5; the kernels 2e-4, from one block where a round-off
+    difference tips a ReLU, while every block alone agrees to 1e-6, see
+    `test_blocks_match_tensorflow_to_round_off`). A wrong formula differs by O(1).
+    """
+    loss_k, grads_k, stats_k = gradients_and_statistics(name, input_shape, True)
+    loss_t, grads_t, stats_t = gradients_and_statistics(name, input_shape, False)
+    loss_n, grads_n, _ = gradients_and_statistics(name, input_shape, False, nudge=True)
+    loss_b, grads_b, _ = gradients_and_statistics(name, input_shape, False, keras_batchnorm=True)
+    assert abs(loss_k - loss_t) <= max(3 * abs(loss_n - loss_t), 3 * abs(loss_b - loss_t), 1e-5 * loss_t)
+    errors = relative_errors(grads_k, grads_t)
+    yardstick = max(max(relative_errors(grads_n, grads_t).values()),
+                    max(relative_errors(grads_b, grads_t).values()))
+    assert max(errors.values()) <= max(3 * yardstick, 1e-3), (max(errors.values()), yardstick)
+    for path, want in stats_t.items():
+        np.testing.assert_allclose(stats_k[path], want, rtol=1e-4, atol=1e-5, err_msg=path)
+
+
+def test_every_batchnorm_of_resnet50_runs_fused_in_training(ops):
+    """resnet50 (v1.5) has 53 BatchNorms, and a training step traces all 53 (and
+    their gradients) as keras_resnet's op: 16 with the residual add and ReLU
+    (the block ends), 32 with a ReLU (inside the branches), 5 plain (the stem,
+    whose ReLU stays a separate layer, and the 4 projection shortcuts)."""
+    model = kr.create_model("resnet50", input_shape=(64, 64, 3), num_classes=10)
+    x, y = tf.zeros([2, 64, 64, 3]), tf.constant([0, 1])
+    with_kernels = traced_op_types(model, x, y, True)
+    without = traced_op_types(model, x, y, False)
+    assert with_kernels.count("KerasResnetBatchNormAct") == 53
+    assert with_kernels.count("KerasResnetBatchNormActGrad") == 53
+    assert without.count("KerasResnetBatchNormAct") == 0
+    batchnorms = lambda types: sum(t.startswith("FusedBatchNorm") and "Grad" not in t for t in types)
+    assert batchnorms(without) == 53 and batchnorms(with_kernels) == 0
+    # The 16 sums and their ReLUs are inside the op: 16 fewer Relu ops in the step.
+    assert without.count("Relu") - with_kernels.count("Relu") == 48
+
+
+def test_kernels_skip_mixed_precision_frozen_batchnorm_and_inference(ops):
+    x, y = tf.zeros([2, 32, 32, 3]), tf.constant([0, 1])
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    bf16 = kr.create_model("resnet20", input_shape=(32, 32, 3), num_classes=10)
+    keras.mixed_precision.set_global_policy("float32")
+    assert "KerasResnetBatchNormAct" not in traced_op_types(bf16, x, y, True)
+    frozen = kr.create_model("resnet20", input_shape=(32, 32, 3), num_classes=10)
+    for layer in frozen._flatten_layers():
+        if isinstance(layer, FusedBatchNormalization):
+            layer.trainable = False
+    assert "KerasResnetBatchNormAct" not in traced_op_types(frozen, x, y, True)
+    model = kr.create_model("resnet20", input_shape=(32, 32, 3), num_classes=10)
+    inference = tf.function(lambda x: model(x, training=False)).get_concrete_function(x).graph
+    assert "KerasResnetBatchNormAct" not in [op.type for op in inference.get_operations()]
+
+
+def test_trained_model_exports_without_the_custom_ops(ops, tmp_path):
+    """TF Serving has no keras_resnet library: a model trained through the
+    kernels must export a SavedModel free of them, and serve the same outputs."""
+    model = kr.create_model("resnet20", input_shape=(32, 32, 3), num_classes=10)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).normal(0, 1, (8, 32, 32, 3)).astype("float32")
+    model.fit(x, np.arange(8) % 10, epochs=1, verbose=0)
+    model.export(str(tmp_path / "sm"), verbose=False)
+    saved = (tmp_path / "sm" / "saved_model.pb").read_bytes()
+    assert b"KerasResnetBatchNormAct" not in saved
+    reloaded = tf.saved_model.load(str(tmp_path / "sm"))
+    served = reloaded.serve(x)
+    np.testing.assert_allclose(to_numpy(served), to_numpy(model(x, training=False)), atol=1e-5)
+
+
+def test_fit_reduces_the_loss_through_the_kernels(ops):
+    keras.utils.set_random_seed(0)
+    model = kr.create_model("resnet20", input_shape=(16, 16, 3), num_classes=4)
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    y = np.arange(64) % 4
+    x = (rng.normal(0, 1, (64, 16, 16, 3)) + y[:, None, None, None]).astype("float32")
+    losses = model.fit(x, y, batch_size=16, epochs=4, verbose=0).history["loss"]
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def run_python(code, **env):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env}, timeout=300)
+
+
+def test_switched_off_by_environment_variable_with_a_reason():
+    code = ("from keras_resnet import kernels; print(kernels.load()); "
+            "print(kernels.unavailable_reason())")
+    result = run_python(code, KERAS_RESNET_KERNELS="0")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-2:] == ["None", "turned off by KERAS_RESNET_KERNELS=0"]
+    assert "using TensorFlow's ops" in result.stderr
+
+
+def test_failed_build_falls_back_to_tensorflow_and_says_why(tmp_path):
+    """No compiler: one warning naming the reason, and training still works."""
+    code = (
+        "import numpy as np, keras_resnet as kr\n"
+        "from keras_resnet import kernels\n"
+        "m = kr.create_model('resnet20', input_shape=(16, 16, 3), num_classes=2)\n"
+        "m.compile(optimizer='sgd', loss='sparse_categorical_crossentropy')\n"
+        "m.fit(np.zeros((4, 16, 16, 3), 'float32'), np.array([0, 1, 0, 1]), verbose=0)\n"
+        "print('reason:', kernels.unavailable_reason())\n")
+    result = run_python(code, CXX=str(tmp_path / "no-such-compiler"),
+                        KERAS_RESNET_CACHE=str(tmp_path / "cache"))
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"reason: the C\+\+ compiler .*no-such-compiler.* could not run", result.stdout)
+    assert len(re.findall("fused BatchNorm kernels unavailable", result.stderr)) == 1
