@@ -27,6 +27,13 @@ standalone kernels, which TensorFlow does not have on CPU). With
 XLA (on by default, `--no-xla` to skip) each op is also timed compiled by XLA,
 the one automatic fuser TensorFlow has.
 
+Each op is timed twice more, the same way: with TensorFlow's own ops
+(`keras_resnet.kernels.disabled()`: FusedBatchNormV3, AddV2, Relu and their
+gradients, what keras_resnet ran before its kernels) and through keras_resnet's
+fused CPU kernels (`keras_resnet.kernels`, what the blocks now train with in
+float32 on a CPU), and so is the whole training step: two models, their steps
+interleaved round by round, so the speed-up is a same-run paired ratio.
+
 Not counted (each small or already fused): the stem's padding and max-pool and
 their gradients (about one more stem BatchNorm's worth), the convolution
 biases of the v1 layout (oneDNN fuses BiasAdd into the convolution and its
@@ -36,6 +43,7 @@ alone cannot overlap as they do inside a step, so the totals are estimates.
 """
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -88,8 +96,12 @@ def resnet50_v1_layers(image_size=224):
     return [(op, shape, n) for (op, shape), n in counts.items()]
 
 
-def _op_step(op, batch, shape, jit):
-    """A `tf.function` running `op`'s forward and backward pass once, and its inputs."""
+def _op_step(op, batch, shape, jit, fused_kernels=False):
+    """A `tf.function` running `op`'s forward and backward pass once, and its inputs.
+
+    `fused_kernels`: the BatchNorm (+ add) (+ ReLU) as the blocks run it through
+    `keras_resnet.kernels` (one op each way); otherwise TensorFlow's ops, traced
+    under `keras_resnet.kernels.disabled()` by the caller."""
     import keras
     import tensorflow as tf
 
@@ -107,6 +119,9 @@ def _op_step(op, batch, shape, jit):
     add, relu = keras.layers.Add(), keras.layers.ReLU()
 
     def forward(x, s):
+        if fused_kernels:
+            return bn.kernel_training_call(x, residual=s if op == "bn_add_relu" else None,
+                                           relu=op != "bn")
         y = bn(x, training=True)
         if op == "bn_add_relu":
             y = add([s, y])
@@ -143,25 +158,36 @@ def bandwidth_probe(elements, repeats):
                3 * 4 * elements / best_call_seconds(add, (x, y), repeats) / 1e9)
 
 
-def step_seconds(batch, image_size, steps):
-    """Median seconds of a `resnet50_v1` float32 `train_on_batch` (as bench_models.py builds it)."""
+def step_seconds(batch, image_size, steps, with_kernels):
+    """Median seconds of a `resnet50_v1` float32 `train_on_batch` (as bench_models.py
+    builds it), traced with TensorFlow's ops and, when `with_kernels`, with
+    keras_resnet's kernels too: two models, one step of each per round,
+    alternating which goes first. Returns ({"tf": s, "kernels": s}, median of
+    the per-round time ratios tf / kernels)."""
     import numpy as np
     import tensorflow as tf
 
     from bench_models import SAME_ARCH, build
+    from keras_resnet import kernels
 
-    model = build(SAME_ARCH, image_size)
     rng = np.random.default_rng(0)
     x = tf.constant(rng.uniform(0, 255, (batch, image_size, image_size, 3)).astype("float32"))
     y = tf.constant(np.eye(1000, dtype="float32")[rng.integers(0, 1000, batch)])
-    for _ in range(2):
-        model.train_on_batch(x, y)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        float(model.train_on_batch(x, y))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    models = {}
+    for mode in ("tf", "kernels") if with_kernels else ("tf",):
+        models[mode] = build(SAME_ARCH, image_size)
+        with contextlib.nullcontext() if mode == "kernels" else kernels.disabled():
+            models[mode].train_on_batch(x, y)  # traces the step
+        models[mode].train_on_batch(x, y)
+    times = {mode: [] for mode in models}
+    for i in range(steps):
+        for mode in (list(models) if i % 2 == 0 else list(models)[::-1]):
+            start = time.perf_counter()
+            float(models[mode].train_on_batch(x, y))
+            times[mode].append(time.perf_counter() - start)
+    ratio = (statistics.median(t / k for t, k in zip(times["tf"], times["kernels"]))
+             if with_kernels else None)
+    return {mode: statistics.median(t) for mode, t in times.items()}, ratio
 
 
 def main(argv=None):
@@ -192,26 +218,43 @@ def main(argv=None):
     print(f"memory bandwidth ({largest * 4 / 1e6:.0f} MB tensors, 2*x or x+y): {bandwidth:.1f} GB/s; "
           f"matmul peak float32: {peak:.1f} GFLOP/s (same run); batch {args.batch}, "
           f"{args.image_size} px")
-    print(f"{'op':12s} {'shape':>14s} {'n':>3s} {'TF ms':>8s} {'XLA ms':>8s} "
-          f"{'bound ms':>8s} {'bound / TF':>10s}")
-    rows, tf_total, xla_total, bound_total = [], 0.0, 0.0, 0.0
+    from keras_resnet import kernels
+
+    with_kernels = kernels.load() is not None
+    if not with_kernels:
+        print(f"keras_resnet's kernels unavailable ({kernels.unavailable_reason()}): "
+              "timing TensorFlow's ops only")
+    print(f"{'op':12s} {'shape':>14s} {'n':>3s} {'TF ms':>8s} {'kernel ms':>9s} {'XLA ms':>8s} "
+          f"{'bound ms':>8s} {'bound / TF':>10s} {'bound / kernel':>14s}")
+    rows, tf_total, kernel_total, xla_total, bound_total = [], 0.0, 0.0, 0.0, 0.0
     for op, shape, count in layers:
         megabytes = TRAFFIC[op] * 4 * args.batch * shape[0] * shape[1] * shape[2] / 1e6
         bound = megabytes / bandwidth  # MB / (GB/s) = ms
-        def ms(jit):
-            return 1e3 * best_call_seconds(*_op_step(op, args.batch, shape, jit), args.repeats)
 
-        tf_ms = ms(jit=False)
+        def ms(jit=False, fused_kernels=False):
+            step = _op_step(op, args.batch, shape, jit, fused_kernels)
+            with contextlib.nullcontext() if fused_kernels else kernels.disabled():
+                return 1e3 * best_call_seconds(*step, args.repeats)
+
+        tf_ms = ms()
+        # The gradient sums are TensorFlow's AddN either way.
+        kernel_ms = (ms(fused_kernels=True) if op != "grad_sum" else tf_ms) if with_kernels else None
         xla_ms = None if args.no_xla else ms(jit=True)
         rows.append({"op": op, "shape": list(shape), "count": count, "tf_ms": tf_ms,
-                     "xla_ms": xla_ms, "bound_ms": bound, "least_traffic_mb": megabytes})
+                     "kernel_ms": kernel_ms, "xla_ms": xla_ms, "bound_ms": bound,
+                     "least_traffic_mb": megabytes})
         tf_total += count * tf_ms
         bound_total += count * bound
+        kernel_total = None if kernel_ms is None else kernel_total + count * kernel_ms
         xla_total = None if xla_ms is None else xla_total + count * xla_ms
         xla_text = f"{xla_ms:8.1f}" if xla_ms is not None else f"{'-':>8s}"
-        print(f"{op:12s} {str(shape):>14s} {count:3d} {tf_ms:8.1f} {xla_text} {bound:8.1f} "
-              f"{bound / tf_ms:10.0%}")
-    step = step_seconds(args.batch, args.image_size, args.steps) * 1e3
+        kernel_text = f"{kernel_ms:9.1f}" if kernel_ms is not None else f"{'-':>9s}"
+        kernel_share = f"{bound / kernel_ms:14.0%}" if kernel_ms else f"{'-':>14s}"
+        print(f"{op:12s} {str(shape):>14s} {count:3d} {tf_ms:8.1f} {kernel_text} {xla_text} "
+              f"{bound:8.1f} {bound / tf_ms:10.0%} {kernel_share}")
+    steps, step_ratio = step_seconds(args.batch, args.image_size, args.steps, with_kernels)
+    step = steps["tf"] * 1e3
+    kernel_step = steps["kernels"] * 1e3 if with_kernels else None
     conv_at_peak = train_gflops("resnet50@224") * (args.image_size / 224) ** 2 * args.batch / peak * 1e3
     efficiency = conv_at_peak / step
     # Perfect fusion would replace the measured memory-bound time by its bound.
@@ -223,15 +266,25 @@ def main(argv=None):
     summary = {
         "step_ms": step, "conv_flops_at_matmul_peak_ms": conv_at_peak,
         "memory_bound_tf_ms": tf_total, "memory_bound_xla_ms": xla_total,
+        "memory_bound_kernels_ms": kernel_total, "step_kernels_ms": kernel_step,
+        "step_speedup_kernels_paired": step_ratio,
+        "train_efficiency_kernels": conv_at_peak / kernel_step if kernel_step else None,
         "memory_bound_least_traffic_ms": bound_total,
         "train_efficiency": efficiency, "train_efficiency_if_at_traffic_bound": fused_efficiency,
     }
     print(f"totals per training step: TF {tf_total:.0f} ms"
           + (f", XLA {xla_total:.0f} ms" if xla_total is not None else "")
           + f", traffic lower bound {bound_total:.0f} ms ({bound_total / tf_total:.0%} of TF's)")
-    print(f"resnet50_v1 float32 train step {step:.0f} ms; its FLOPs at the matmul peak "
-          f"{conv_at_peak:.0f} ms: {efficiency:.0%} of peak; memory-bound ops "
+    if kernel_total is not None:
+        print(f"  keras_resnet's kernels: {kernel_total:.0f} ms ({tf_total / kernel_total:.2f}x "
+              f"faster than TF's ops; the traffic bound is {bound_total / kernel_total:.0%} of it)")
+    print(f"resnet50_v1 float32 train step with TensorFlow's ops {step:.0f} ms; its FLOPs at "
+          f"the matmul peak {conv_at_peak:.0f} ms: {efficiency:.0%} of peak; memory-bound ops "
           f"{tf_total / step:.0%} of the step (timed alone)")
+    if kernel_step is not None:
+        print(f"resnet50_v1 float32 train step with keras_resnet's kernels {kernel_step:.0f} ms: "
+              f"{conv_at_peak / kernel_step:.0%} of peak; paired speed-up {step_ratio:.3f}x "
+              f"(median of {args.steps} interleaved rounds)")
     if fused_efficiency is None:
         print("no fusion estimate: the ops timed alone add up to more than the whole step")
     else:

@@ -234,3 +234,13 @@ def test_bench_memory_bound_times_every_op_and_the_step(tmp_path):
     else:
         assert fused is None
     assert report["bandwidth_gb_s"] > 0 and "traffic lower bound" in proc.stdout
+    from keras_resnet import kernels
+
+    if kernels.load() is not None:  # both paths timed, per op and for the whole step
+        assert all(r["kernel_ms"] > 0 for r in report["ops"])
+        assert summary["memory_bound_kernels_ms"] == pytest.approx(
+            sum(r["count"] * r["kernel_ms"] for r in report["ops"]))
+        assert summary["step_kernels_ms"] > 0 and summary["step_speedup_kernels_paired"] > 0
+        assert summary["train_efficiency_kernels"] == pytest.approx(
+            summary["conv_flops_at_matmul_peak_ms"] / summary["step_kernels_ms"])
+        assert "with keras_resnet's kernels" in proc.stdout
