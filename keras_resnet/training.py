@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_resnet import callbacks as kr_callbacks
-from keras_resnet import distribute, optimizers
+from keras_resnet import distribute, kernels, optimizers
 from keras_resnet.hostinfo import StealMeter, steal_warning
 from keras_resnet.recipes import TrainConfig, get_recipe
 from keras_resnet.registry import create_model
@@ -87,6 +87,7 @@ def _environment(strategy_name, strategy, precision):
         "precision": precision, "bf16_cpu": distribute.cpu_supports_bf16(),
         "onednn": distribute.onednn_enabled(),
         "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+        "fused_batchnorm_kernels": kernels.status(precision),
     }
 
 

@@ -67,6 +67,12 @@ def test_train_reduces_loss_and_writes_run_dir(tmp_path):
     environment = json.loads((run / "environment.json").read_text())
     assert environment["onednn"] in (True, False) and "TF_ENABLE_ONEDNN_OPTS" in environment
     assert environment["precision"] == metrics["precision"] and environment["cpu_count"] == os.cpu_count()
+    # ... and whether keras_resnet's fused BatchNorm kernels ran, or why not.
+    from keras_resnet import kernels
+
+    assert environment["fused_batchnorm_kernels"] == kernels.status(metrics["precision"])
+    assert environment["fused_batchnorm_kernels"] == "used" or "float32" not in metrics["precision"] \
+        or kernels.load() is None
     with open(run / "history.csv") as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 1, 2]
     # Running the finished run again does not train again.

@@ -171,6 +171,20 @@ def usable(x):
     return _on_cpu_only() and load() is not None
 
 
+def status(precision="float32"):
+    """One line for a run's environment.json: whether training at `precision`
+    runs through these kernels, and if not, why."""
+    if not _ENABLED[0]:
+        return "not used: keras_resnet.kernels.disabled()"
+    if precision != "float32":
+        return f"not used: precision {precision} (the kernels are float32-only)"
+    if not _on_cpu_only():
+        return "not used: a GPU or TPU is visible (the kernels are CPU-only)"
+    if load() is None:
+        return f"unavailable: {unavailable_reason()}"
+    return "used"
+
+
 @contextlib.contextmanager
 def disabled():
     """Traces everything inside with TensorFlow's own BatchNorm, add and ReLU ops
