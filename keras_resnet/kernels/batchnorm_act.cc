@@ -184,13 +184,35 @@ int NumBlocks(OpKernelContext* ctx, int64_t rows) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(rows / kChunk, 4 * threads)));
 }
 
-class BatchNormActOp : public OpKernel {
+// The attributes both ops share.
+class BatchNormActBase : public OpKernel {
  public:
-  explicit BatchNormActOp(OpKernelConstruction* c) : OpKernel(c) {
+  explicit BatchNormActBase(OpKernelConstruction* c) : OpKernel(c) {
     OP_REQUIRES_OK(c, c->GetAttr("epsilon", &epsilon_));
     OP_REQUIRES_OK(c, c->GetAttr("has_residual", &has_residual_));
     OP_REQUIRES_OK(c, c->GetAttr("relu", &relu_));
   }
+
+ protected:
+  float epsilon_;
+  bool has_residual_, relu_;
+};
+
+// Channel c's two totals over the per-block partial sums laid out as
+// [block][sum | sum of products][channel].
+void JoinBlocks(const std::vector<double>& sums, int blocks, int64_t C, int64_t c,
+                double* s, double* q) {
+  *s = 0;
+  *q = 0;
+  for (int b = 0; b < blocks; ++b) {
+    *s += sums[2 * b * C + c];
+    *q += sums[(2 * b + 1) * C + c];
+  }
+}
+
+class BatchNormActOp : public BatchNormActBase {
+ public:
+  using BatchNormActBase::BatchNormActBase;
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& x = ctx->input(0);
@@ -232,8 +254,8 @@ class BatchNormActOp : public OpKernel {
     float* mp = mean_t->flat<float>().data();
     float* vp = var_t->flat<float>().data();
     for (int64_t c = 0; c < C; ++c) {
-      double s = 0, q = 0;
-      for (int b = 0; b < blocks; ++b) { s += sums[2 * b * C + c]; q += sums[(2 * b + 1) * C + c]; }
+      double s, q;
+      JoinBlocks(sums, blocks, C, c, &s, &q);
       double m = rows ? s / rows : std::nan("");
       double var = rows ? std::max(0.0, q / rows - m * m) : std::nan("");
       double mean = m + shift[c];
@@ -251,19 +273,11 @@ class BatchNormActOp : public OpKernel {
       NormalizeRows(xp, rp, mp, sc, of, yp, C, r0, r1, relu);
     });
   }
-
- private:
-  float epsilon_;
-  bool has_residual_, relu_;
 };
 
-class BatchNormActGradOp : public OpKernel {
+class BatchNormActGradOp : public BatchNormActBase {
  public:
-  explicit BatchNormActGradOp(OpKernelConstruction* c) : OpKernel(c) {
-    OP_REQUIRES_OK(c, c->GetAttr("epsilon", &epsilon_));
-    OP_REQUIRES_OK(c, c->GetAttr("has_residual", &has_residual_));
-    OP_REQUIRES_OK(c, c->GetAttr("relu", &relu_));
-  }
+  using BatchNormActBase::BatchNormActBase;
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& dy = ctx->input(0);
@@ -312,8 +326,8 @@ class BatchNormActGradOp : public OpKernel {
     float* dbp = db->flat<float>().data();
     std::vector<float> ka(C), kb(C), kc(C);
     for (int64_t c = 0; c < C; ++c) {
-      double s = 0, q = 0;
-      for (int b = 0; b < blocks; ++b) { s += sums[2 * b * C + c]; q += sums[(2 * b + 1) * C + c]; }
+      double s, q;
+      JoinBlocks(sums, blocks, C, c, &s, &q);
       double inv = 1.0 / std::sqrt(static_cast<double>(vp[c]) + epsilon_);
       dbp[c] = static_cast<float>(s);
       dgp[c] = static_cast<float>(q * inv);
@@ -332,10 +346,6 @@ class BatchNormActGradOp : public OpKernel {
       InputGradRows(src, xp, mp, A, B, K, dxp, C, r0, r1);
     });
   }
-
- private:
-  float epsilon_;
-  bool has_residual_, relu_;
 };
 
 }  // namespace
