@@ -168,6 +168,15 @@ def mixed_precision_for(choice, hw):
     return "mixed_bfloat16" if native_bf16(hw) else None
 
 
+def mixed_skip_reason(choice):
+    """Why the suite has no mixed-precision rows (`mixed_precision_for` gave None)."""
+    if choice == "none":
+        return "not asked for (--mixed-precision none)"
+    return ("no native bf16 on this CPU (no AVX512-BF16 or AMX-BF16): keras_resnet's "
+            "precision='auto' trains in float32 here, and emulated bf16 is several times "
+            "slower (--mixed-precision mixed_bfloat16 measures it anyway)")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Run the whole benchmark suite.")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
@@ -188,10 +197,7 @@ def main(argv=None):
                                     ["--precision", "float32", *quick], args.timeout)
     mixed = mixed_precision_for(args.mixed_precision, results["hardware"])
     if mixed is None:
-        results["models_mixed"] = {"skipped": (
-            "no native bf16 on this CPU (no AVX512-BF16 or AMX-BF16): keras_resnet's "
-            "precision='auto' trains in float32 here, and emulated bf16 is several times "
-            "slower (--mixed-precision mixed_bfloat16 measures it anyway)")}
+        results["models_mixed"] = {"skipped": mixed_skip_reason(args.mixed_precision)}
     else:
         results["models_mixed"] = run("bench_models.py", f"{args.out}/models_mixed.json",
                                       ["--precision", mixed, *quick], args.timeout)

@@ -92,6 +92,11 @@ def test_suite_benchmarks_mixed_precision_only_where_the_cpu_has_bf16(choice, fl
     assert suite.mixed_precision_for(choice, flags) == expected
 
 
+def test_suite_says_why_mixed_precision_rows_are_missing():
+    assert suite.mixed_skip_reason("none") == "not asked for (--mixed-precision none)"
+    assert "no native bf16" in suite.mixed_skip_reason("auto")
+
+
 def test_the_recorded_runs_are_in_the_report():
     """Every run record the README cites is readable by the suite."""
     names = {r["run"] for r in suite.time_to_accuracy()}
