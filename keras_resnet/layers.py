@@ -103,14 +103,14 @@ class FusedBatchNormalization(layers.BatchNormalization):
         self.moving_variance.assign(tf.cast(new_variance, self.moving_variance.dtype))
         return tf.cast(y, self.compute_dtype)
 
-    def kernel_training_call(self, inputs, residual=None, relu=False, mask=None):
+    def kernel_training_call(self, inputs, residual=None, relu=False):
         """Training-mode `act(bn(inputs) [+ residual])` as one keras_resnet kernel
         (`keras_resnet.kernels`), updating the moving statistics; None where those
         kernels cannot run (float32 on CPU only), so the caller takes its usual path.
         """
         from keras_resnet import kernels
 
-        if not (self.trainable and self._fusable(inputs, mask) and kernels.usable(inputs)):
+        if not (self.trainable and self._fusable(inputs, None) and kernels.usable(inputs)):
             return None
         if residual is not None and tuple(residual.shape) != tuple(inputs.shape):
             return None
@@ -584,12 +584,9 @@ class ResidualBlock(layers.Layer):
                     # Training: BatchNorm + ReLU as one keras_resnet kernel where it runs.
                     y = layer(x)
                     fused = following.kernel_training_call(y, relu=True)
-                    if fused is not None:
-                        x = fused
-                        i += 3
-                        continue
-                    x = following(y, training=training)
-                    i += 2
+                    # Where the kernels cannot run, the ReLU stays the next step.
+                    x = fused if fused is not None else following(y, training=training)
+                    i += 3 if fused is not None else 2
                     continue
                 x = conv_then_batchnorm(layer, following, x, training)
                 i += 2

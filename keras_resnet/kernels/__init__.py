@@ -38,7 +38,6 @@ _LOCK = threading.Lock()
 _STATE = {"module": None, "tried": False, "reason": None}
 _ENABLED = [True]
 ENV_SWITCH = "KERAS_RESNET_KERNELS"
-OP_NAMES = ("KerasResnetBatchNormAct", "KerasResnetBatchNormActGrad")
 
 # Compiler flag sets, best first. -march=native uses this CPU's vector units
 # (the loops are written to auto-vectorise); -mno-avx512fp16 because Eigen's
