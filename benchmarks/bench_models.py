@@ -23,6 +23,14 @@ rounds; each ratio keras_resnet / keras.applications is the median of the per-ro
 (both measured within the same round). The issue asks for ratio >= 1.0 in float32 for the
 same architecture (resnet50_v1).
 
+Share of the matmul peak, paired: a matmul probe (`matmul_probe.make_probe`, the precision's
+compute dtype) runs before the first model of every round and after each model, in this
+process; each model's round is set against the mean of the probes on either side of it, and
+the reported `train_pct_peak` / `infer_pct_peak` is the median of those per-round shares. On
+a VM whose speed drifts by 20-40% within an hour, a probe taken minutes earlier (the suite's
+separate `matmul_probe.py`) can move a "% of peak" by more than anything in the model;
+`--probe 0` turns the paired probe off.
+
 `--quick` is a smoke run (one round, one step, 64 px ResNet-50s): it checks the script, its
 numbers are not the benchmark. The full run takes about 6-8 minutes on 2 CPU cores at
 float32 (ResNet-50 trains at ~6-9 img/s there); mixed_bfloat16 is much slower on CPUs without
@@ -38,7 +46,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import hardware, print_hardware, write_json  # noqa: E402
+from common import forward_gflops, hardware, print_hardware, train_gflops, write_json  # noqa: E402
 from keras_resnet.hostinfo import StealMeter, steal_warning  # noqa: E402
 
 REFERENCE = "keras.applications ResNet50"
@@ -112,6 +120,7 @@ class Bench:
         self.train_steps = train_steps * scale
         self.infer_batches = infer_batches * scale
         self.train, self.infer = [], []
+        self.probe = []  # GFLOP/s of the matmul probes around each round (their mean)
 
     def warmup(self, steps=2):
         """Traces the train and predict functions and runs past the first-step allocations."""
@@ -133,15 +142,30 @@ class Bench:
             self.model.predict_on_batch(self.x)
         self.infer.append(self.batch * self.infer_batches / (time.perf_counter() - start))
 
+    def pct_peak(self, kind):
+        """Median over rounds of this round's throughput x FLOPs / the probe beside it."""
+        key = self.flops_key()
+        if key is None or not self.probe:
+            return None
+        gflops = train_gflops(key) if kind == "train" else forward_gflops(key)
+        shares = [100 * img_s * gflops / peak for img_s, peak in zip(getattr(self, kind), self.probe)]
+        return round(statistics.median(shares), 1)
+
+    def flops_key(self):
+        return SMALL[self.name] if self.small else ("resnet50@224" if self.size == 224 else None)
+
     def result(self, precision):
         return {
             "name": self.name, "precision": precision, "batch": self.batch, "image_size": self.size,
-            "flops_key": SMALL[self.name] if self.small else ("resnet50@224" if self.size == 224 else None),
+            "flops_key": self.flops_key(),
             "train_img_s": round(statistics.median(self.train), 2),
             "infer_img_s": round(statistics.median(self.infer), 2),
             "train_img_s_rounds": [round(v, 2) for v in self.train],
             "infer_img_s_rounds": [round(v, 2) for v in self.infer],
             "params": int(self.model.count_params()),
+            "probe_gflops_rounds": [round(v, 1) for v in self.probe],
+            "train_pct_peak": self.pct_peak("train"),
+            "infer_pct_peak": self.pct_peak("infer"),
         }
 
 
@@ -201,6 +225,9 @@ def main(argv=None):
                              "one per core); 1 runs one op at a time, each on every core.")
     parser.add_argument("--intra-op-threads", type=int, default=None,
                         help="tf.config.threading intra-op pool size (default: TensorFlow's).")
+    parser.add_argument("--probe", type=int, default=1,
+                        help="Probe the matmul peak beside every model's round (1, default) for a "
+                             "paired share of the peak, or not (0).")
     parser.add_argument("--keras-hub", type=int, default=1,
                         help="Also time keras-hub's ResNet50 when keras_hub imports (1) or not (0).")
     args = parser.parse_args(argv)
@@ -240,11 +267,28 @@ def main(argv=None):
         print(f"  warm-up {name:30s} {bench.warmup(1 if args.quick else 2):6.1f} s", flush=True)
         benches.append(bench)
 
+    probe = None
+    if args.probe:
+        from matmul_probe import make_probe
+
+        probe_dtype = {"float32": "float32", "mixed_bfloat16": "bfloat16",
+                       "mixed_float16": "float16"}[args.precision]
+        measure = make_probe(probe_dtype, 512 if args.quick else 2048)
+        measure(1, warmup=2)  # trace it outside the timed rounds
+
+        def probe():
+            return measure(3, warmup=0)
+
     steal = StealMeter()  # share of the CPU the hypervisor took during the timed rounds
     for r in range(args.rounds):
         order = benches[r % len(benches):] + benches[:r % len(benches)]  # rotate the order
+        before = probe() if probe else None
         for bench in order:
             bench.round()
+            if probe:
+                after = probe()
+                bench.probe.append((before + after) / 2)
+                before = after
         print(f"  round {r + 1}/{args.rounds}: " + ", ".join(
             f"{short_name(b.name)} {b.train[-1]:.1f}/{b.infer[-1]:.1f}" for b in benches)
             + " img/s (train/infer)", flush=True)
@@ -270,6 +314,10 @@ def main(argv=None):
     print(f"\n| model | precision | image | train img/s | infer img/s |\n| --- | --- | ---: | ---: | ---: |")
     for r in results:
         print(f"| {r['name']} | {r['precision']} | {r['image_size']} | {r['train_img_s']} | {r['infer_img_s']} |")
+    if probe:
+        print(f"\n| model | train % of the paired {probe_dtype} matmul probe | infer % |\n| --- | ---: | ---: |")
+        for r in results:
+            print(f"| {r['name']} | {r['train_pct_peak']} | {r['infer_pct_peak']} |")
     print()
     for key, value in ratios.items():
         low, high = ranges[key]
@@ -288,6 +336,8 @@ def main(argv=None):
     write_json(args.json, {"results": results, "ratios": ratios, "ratio_ranges": ranges,
                            "same_architecture_at_least_as_fast": verdict, "quick": args.quick,
                            "rounds": args.rounds, "hardware": info,
+                           "paired_probe": ({"dtype": probe_dtype, "n": 512 if args.quick else 2048,
+                                             "best_of": 3} if probe else None),
                            "command": " ".join([sys.executable] + sys.argv)})
 
 

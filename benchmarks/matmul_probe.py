@@ -16,16 +16,30 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import print_hardware, timed, write_json  # noqa: E402
 
 
-def probe(dtype="float32", n=2048, repeats=5):
+def make_probe(dtype="float32", n=2048):
+    """A callable `(repeats, warmup) -> GFLOP/s` over one traced n x n matmul.
+
+    Built once, so it can be called again and again beside a benchmark (bench_models.py
+    probes between every model's timed slot) without retracing.
+    """
     import tensorflow as tf
 
     a = tf.random.normal((n, n), dtype=tf.float32)
     b = tf.random.normal((n, n), dtype=tf.float32)
     if dtype != "float32":
         a, b = tf.cast(a, dtype), tf.cast(b, dtype)
-    matmul = tf.function(lambda: tf.matmul(a, b))
-    seconds = timed(lambda: matmul().numpy(), repeats=repeats, warmup=2)
-    return 2.0 * n ** 3 / seconds / 1e9
+    # A scalar out of the product: fetching it waits for the matmul, not for a copy.
+    matmul = tf.function(lambda: tf.matmul(a, b)[0, 0])
+
+    def measure(repeats=5, warmup=2):
+        seconds = timed(lambda: matmul().numpy(), repeats=repeats, warmup=warmup)
+        return 2.0 * n ** 3 / seconds / 1e9
+
+    return measure
+
+
+def probe(dtype="float32", n=2048, repeats=5):
+    return make_probe(dtype, n)(repeats, warmup=2)
 
 
 def main(argv=None):

@@ -93,13 +93,24 @@ def _pct(value):
     return f"{100 * value:.2f}%" if isinstance(value, (int, float)) else ""
 
 
+def _share(paired_pct, fraction_of_run_probe):
+    """A "% peak" cell: the paired figure (bench_models.py probes beside every round) when
+    there is one, else against the suite's one matmul probe."""
+    if paired_pct is not None:
+        return f"{paired_pct:.0f}%"
+    return f"{100 * fraction_of_run_probe:.0f}%" if fraction_of_run_probe else ""
+
+
 def markdown(results):
     hw = results["hardware"]
     lines = [f"Hardware: {hw['cpu']}, {hw['cores']} cores; TensorFlow {hw.get('tensorflow')}, "
              f"Keras {hw.get('keras')}, Python {hw['python']}.", ""]
     peak = results.get("matmul", {}).get("matmul_gflops", {})
     if peak:
-        lines += [f"Matmul peak: fp32 {peak.get('float32')} GFLOP/s, bf16 {peak.get('bfloat16')} GFLOP/s.", ""]
+        lines += [f"Matmul peak: fp32 {peak.get('float32')} GFLOP/s, bf16 {peak.get('bfloat16')} GFLOP/s "
+                  "(matmul_probe.py, at the start). The keras_resnet / keras.applications / keras-hub "
+                  "\"% peak\" cells are paired: the median over rounds of each round against a probe "
+                  "taken beside it (bench_models.py); PyTorch's are against the start probe.", ""]
     lines += ["| model | precision | train img/s | infer img/s | train % peak | infer % peak |",
               "| --- | --- | ---: | ---: | ---: | ---: |"]
     for name in ("models_float32", "models_mixed", "torch"):
@@ -109,8 +120,8 @@ def markdown(results):
             prec = entry.get("precision", "float32")
             pk = peak.get("bfloat16" if "bfloat16" in prec else "float32")
             tr, inf = entry.get("train_img_s"), entry.get("infer_img_s")
-            tp = f"{100 * tr * train_gflops(key) / pk:.0f}%" if (key and tr and pk) else ""
-            ip = f"{100 * inf * forward_gflops(key) / pk:.0f}%" if (key and inf and pk) else ""
+            tp = _share(entry.get("train_pct_peak"), key and tr and pk and tr * train_gflops(key) / pk)
+            ip = _share(entry.get("infer_pct_peak"), key and inf and pk and inf * forward_gflops(key) / pk)
             lines.append(f"| {entry['name']} | {prec} | {tr or ''} | {inf or ''} | {tp} | {ip} |")
         for k, v in block.get("ratios", {}).items():
             lines.append(f"| ratio {k} | | {v} | | | |")

@@ -57,7 +57,13 @@ def test_suite_report_has_peak_fractions_pipeline_serving_and_time_to_accuracy(t
         # 2 img/s x 24.54 GFLOP = 49.08 GFLOP/s: 49% of the fp32 peak; infer 10 x 8.18 = 82%.
         "models_float32": {"results": [{"name": "keras_resnet resnet50", "precision": "float32",
                                         "flops_key": "resnet50@224", "train_img_s": 2.0,
-                                        "infer_img_s": 10.0}],
+                                        "infer_img_s": 10.0},
+                                       # Paired shares (a probe beside every round) win over the
+                                       # start probe's 49% / 82% when the entry has them.
+                                       {"name": "keras_resnet resnet50_v1", "precision": "float32",
+                                        "flops_key": "resnet50@224", "train_img_s": 2.0,
+                                        "infer_img_s": 10.0, "train_pct_peak": 76.4,
+                                        "infer_pct_peak": 95.6}],
                            "ratios": {"resnet50 / keras.applications train": 1.4},
                            "hardware": {"cpu_steal_fraction": 0.46}},
         "models_mixed": {"skipped": "bench_models.py exited 1"},
@@ -70,6 +76,7 @@ def test_suite_report_has_peak_fractions_pipeline_serving_and_time_to_accuracy(t
     }
     table = suite.markdown(results)
     assert "| keras_resnet resnet50 | float32 | 2.0 | 10.0 | 49% | 82% |" in table
+    assert "| keras_resnet resnet50_v1 | float32 | 2.0 | 10.0 | 76% | 96% |" in table
     assert "| ratio resnet50 / keras.applications train | | 1.4 |" in table
     assert "skipped: bench_models.py exited 1" in table
     assert "models_float32: hypervisor steal during the timed rounds 46%" in table
@@ -116,7 +123,29 @@ def test_bench_models_quick_smoke(tmp_path):
     assert set(report["ratios"]) == {f"{m} / keras.applications {k}" for m in ("resnet50_v1", "resnet50")
                                      for k in ("train", "infer")}
     assert report["quick"] and report["hardware"]["cores"] == os.cpu_count()
+    # One matmul probe beside each model's one round (the 64 px models have no FLOP count).
+    assert report["paired_probe"]["dtype"] == "float32"
+    assert all(len(r["probe_gflops_rounds"]) == 1 and r["probe_gflops_rounds"][0] > 0
+               for r in report["results"])
+    assert [r["train_pct_peak"] is not None for r in report["results"]] == [False, False, False, True, True]
     assert "ratio resnet50_v1 / keras.applications train" in proc.stdout
+
+
+def test_bench_models_share_of_peak_is_paired_round_by_round():
+    import bench_models
+
+    bench = bench_models.Bench.__new__(bench_models.Bench)  # the arithmetic only, no model
+    bench.name, bench.small, bench.size = "keras_resnet resnet50_v1", False, 224
+    # Round 2 ran on a machine twice as fast as round 1 (probe 200 vs 100 GFLOP/s), and the
+    # model kept pace: each round is ~49% of its own probe, so is the median. Against one
+    # probe for both rounds it would read 49% or 98% instead.
+    bench.train, bench.infer, bench.probe = [2.0, 4.0, 3.0], [10.0, 20.0, 15.0], [100.0, 200.0, 150.0]
+    assert bench.pct_peak("train") == pytest.approx(100 * 2.0 * 6 * 4.09 / 100, abs=0.05)
+    assert bench.pct_peak("infer") == pytest.approx(100 * 10.0 * 2 * 4.09 / 100, abs=0.05)
+    bench.probe = []  # --probe 0
+    assert bench.pct_peak("train") is None
+    bench.size, bench.probe = 64, [100.0, 200.0, 150.0]  # --quick's 64 px: no known FLOP count
+    assert bench.pct_peak("train") is None
 
 
 def test_bench_models_subset_keeps_the_reference_and_rejects_unknown_names():
