@@ -1,6 +1,11 @@
 """Where the rest of a float32 ResNet-50 training step goes: the memory-bound ops against memory bandwidth.
 
-    python benchmarks/bench_memory_bound.py [--batch 32] [--no-xla] [--quick] [--json out.json]
+    python benchmarks/bench_memory_bound.py [--batch 32] [--precision float32|mixed_bfloat16]
+                                            [--no-xla] [--quick] [--json out.json]
+
+`--precision mixed_bfloat16` does all of the below with bfloat16 activations and
+gradients (half the bytes per element; the BatchNorm statistics stay float32),
+against the bfloat16 matmul probe: the default precision on CPUs with native bf16.
 
 `bench_conv_kernels.py` shows the convolutions run at the matmul peak, so the
 float32 training step's distance from that peak is the work between them:
@@ -96,7 +101,7 @@ def resnet50_v1_layers(image_size=224):
     return [(op, shape, n) for (op, shape), n in counts.items()]
 
 
-def _op_step(op, batch, shape, jit, fused_kernels=False):
+def _op_step(op, batch, shape, jit, fused_kernels=False, dtype="float32"):
     """A `tf.function` running `op`'s forward and backward pass once, and its inputs.
 
     `fused_kernels`: the BatchNorm (+ add) (+ ReLU) as the blocks run it through
@@ -107,9 +112,7 @@ def _op_step(op, batch, shape, jit, fused_kernels=False):
 
     from keras_resnet.layers import FusedBatchNormalization
 
-    x = tf.random.normal((batch, *shape))
-    s = tf.random.normal((batch, *shape))
-    dy = tf.random.normal((batch, *shape))
+    x, s, dy = (tf.cast(tf.random.normal((batch, *shape)), dtype) for _ in range(3))
     if op == "grad_sum":
         # The slice stays outside the compiled sum: XLA would otherwise compute one element.
         total = tf.function(lambda x, s: x + s, jit_compile=jit)
@@ -138,8 +141,9 @@ def _op_step(op, batch, shape, jit, fused_kernels=False):
         # One element of the output and of each gradient: nothing but the op is
         # timed, yet everything has to be computed in full (y too: the next
         # convolution reads it, so XLA must not drop the normalisation pass).
-        return tf.add_n([y[0, 0, 0, 0]] + [g[0] if g.shape.rank == 1 else g[0, 0, 0, 0]
-                                           for g in grads if g is not None])
+        return tf.add_n([tf.cast(y[0, 0, 0, 0], tf.float32)] + [
+            tf.cast(g[0] if g.shape.rank == 1 else g[0, 0, 0, 0], tf.float32)
+            for g in grads if g is not None])
 
     return step, (x, s, dy)
 
@@ -159,7 +163,7 @@ def bandwidth_probe(elements, repeats):
 
 
 def step_seconds(batch, image_size, steps, with_kernels):
-    """Median seconds of a `resnet50_v1` float32 `train_on_batch` (as bench_models.py
+    """Median seconds of a `resnet50_v1` `train_on_batch` (in the global precision policy) (as bench_models.py
     builds it), traced with TensorFlow's ops and, when `with_kernels`, with
     keras_resnet's kernels too: two models, one step of each per round,
     alternating which goes first. Returns ({"tf": s, "kernels": s}, median of
@@ -196,6 +200,7 @@ def main(argv=None):
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=4, help="best of this many, per op")
     parser.add_argument("--steps", type=int, default=3, help="timed resnet50_v1 train steps")
+    parser.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16"])
     parser.add_argument("--no-xla", action="store_true", help="skip the XLA-compiled timings")
     parser.add_argument("--quick", action="store_true",
                         help="batch 2, 64 px, 1 repeat, 1 step, no XLA (a smoke run)")
@@ -207,17 +212,22 @@ def main(argv=None):
         parser.error("--batch, --repeats and --steps must be >= 1 and --image-size >= 32. Received: "
                      f"batch={args.batch}, repeats={args.repeats}, steps={args.steps}, "
                      f"image_size={args.image_size}")
+    import keras
+
     from matmul_probe import probe
 
+    keras.mixed_precision.set_global_policy(args.precision)
+    dtype = "bfloat16" if args.precision == "mixed_bfloat16" else "float32"
+    itemsize = 2 if dtype == "bfloat16" else 4
     info = hardware()
     print_hardware(info)
     layers = resnet50_v1_layers(args.image_size)
     largest = max(args.batch * h * w * c for _, (h, w, c), _ in layers)
     bandwidth = bandwidth_probe(largest, args.repeats + 2)
-    peak = probe("float32", 512 if args.quick else 2048)
+    peak = probe(dtype, 512 if args.quick else 2048)
     print(f"memory bandwidth ({largest * 4 / 1e6:.0f} MB tensors, 2*x or x+y): {bandwidth:.1f} GB/s; "
-          f"matmul peak float32: {peak:.1f} GFLOP/s (same run); batch {args.batch}, "
-          f"{args.image_size} px")
+          f"matmul peak {dtype}: {peak:.1f} GFLOP/s (same run); batch {args.batch}, "
+          f"{args.image_size} px, {args.precision}")
     from keras_resnet import kernels
 
     with_kernels = kernels.load() is not None
@@ -228,11 +238,11 @@ def main(argv=None):
           f"{'bound ms':>8s} {'bound / TF':>10s} {'bound / kernel':>14s}")
     rows, tf_total, kernel_total, xla_total, bound_total = [], 0.0, 0.0, 0.0, 0.0
     for op, shape, count in layers:
-        megabytes = TRAFFIC[op] * 4 * args.batch * shape[0] * shape[1] * shape[2] / 1e6
+        megabytes = TRAFFIC[op] * itemsize * args.batch * shape[0] * shape[1] * shape[2] / 1e6
         bound = megabytes / bandwidth  # MB / (GB/s) = ms
 
         def ms(jit=False, fused_kernels=False):
-            step = _op_step(op, args.batch, shape, jit, fused_kernels)
+            step = _op_step(op, args.batch, shape, jit, fused_kernels, dtype)
             with contextlib.nullcontext() if fused_kernels else kernels.disabled():
                 return 1e3 * best_call_seconds(*step, args.repeats)
 
@@ -278,11 +288,11 @@ def main(argv=None):
     if kernel_total is not None:
         print(f"  keras_resnet's kernels: {kernel_total:.0f} ms ({tf_total / kernel_total:.2f}x "
               f"faster than TF's ops; the traffic bound is {bound_total / kernel_total:.0%} of it)")
-    print(f"resnet50_v1 float32 train step with TensorFlow's ops {step:.0f} ms; its FLOPs at "
+    print(f"resnet50_v1 {args.precision} train step with TensorFlow's ops {step:.0f} ms; its FLOPs at "
           f"the matmul peak {conv_at_peak:.0f} ms: {efficiency:.0%} of peak; memory-bound ops "
           f"{tf_total / step:.0%} of the step (timed alone)")
     if kernel_step is not None:
-        print(f"resnet50_v1 float32 train step with keras_resnet's kernels {kernel_step:.0f} ms: "
+        print(f"resnet50_v1 {args.precision} train step with keras_resnet's kernels {kernel_step:.0f} ms: "
               f"{conv_at_peak / kernel_step:.0%} of peak; paired speed-up {step_ratio:.3f}x "
               f"(median of {args.steps} interleaved rounds)")
     if fused_efficiency is None:
@@ -293,7 +303,8 @@ def main(argv=None):
     write_json(args.json, {
         "command": "benchmarks/bench_memory_bound.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "hardware": info, "batch": args.batch, "image_size": args.image_size,
-        "bandwidth_gb_s": bandwidth, "matmul_peak_float32": peak, "traffic_per_op": TRAFFIC,
+        "precision": args.precision, "bandwidth_gb_s": bandwidth, f"matmul_peak_{dtype}": peak,
+        "bytes_per_element": itemsize, "traffic_per_op": TRAFFIC,
         "ops": rows, "summary": summary})
 
 

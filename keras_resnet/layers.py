@@ -106,13 +106,15 @@ class FusedBatchNormalization(layers.BatchNormalization):
     def kernel_training_call(self, inputs, residual=None, relu=False):
         """Training-mode `act(bn(inputs) [+ residual])` as one keras_resnet kernel
         (`keras_resnet.kernels`), updating the moving statistics; None where those
-        kernels cannot run (float32 on CPU only), so the caller takes its usual path.
+        kernels cannot run (float32 or bfloat16 on CPU only), so the caller takes its
+        usual path.
         """
         from keras_resnet import kernels
 
         if not (self.trainable and self._fusable(inputs, None) and kernels.usable(inputs)):
             return None
-        if residual is not None and tuple(residual.shape) != tuple(inputs.shape):
+        if residual is not None and (tuple(residual.shape) != tuple(inputs.shape)
+                                     or residual.dtype != inputs.dtype):
             return None
         import tensorflow as tf
 

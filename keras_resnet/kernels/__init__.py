@@ -9,8 +9,9 @@ installed TensorFlow's headers (`tf.sysconfig`), with the machine's own vector
 instructions, and cached under `~/.cache/keras_resnet` (or
 `$KERAS_RESNET_CACHE`), keyed by the source, TensorFlow version and CPU.
 
-Used only where it is safe and measured to help: float32 compute, channels-last
-4-D inputs, training with batch statistics, and no GPU or TPU visible (the
+Used only where it is safe and measured to help: float32 or bfloat16
+(`mixed_bfloat16`: bfloat16 in and out, float32 arithmetic and statistics)
+compute, channels-last 4-D inputs, training with batch statistics, and no GPU or TPU visible (the
 kernels are CPU-only; on an accelerator TensorFlow's cuDNN/XLA paths stay).
 Everywhere else, and wherever the build fails (no C++ compiler, a TensorFlow
 without headers, not Linux), keras_resnet silently uses TensorFlow's ops, with
@@ -38,6 +39,10 @@ _LOCK = threading.Lock()
 _STATE = {"module": None, "tried": False, "reason": None}
 _ENABLED = [True]
 ENV_SWITCH = "KERAS_RESNET_KERNELS"
+# Tensor types the ops take: float32 training, and mixed_bfloat16's bfloat16
+# activations (float32 statistics and parameters either way). Not float16.
+DTYPES = ("float32", "bfloat16")
+PRECISIONS = ("float32", "mixed_bfloat16")
 
 # Compiler flag sets, best first. -march=native uses this CPU's vector units
 # (the loops are written to auto-vectorise); -mno-avx512fp16 because Eigen's
@@ -165,7 +170,7 @@ def usable(x):
 
     if keras.backend.backend() != "tensorflow":
         return False
-    if len(x.shape) != 4 or keras.backend.standardize_dtype(x.dtype) != "float32":
+    if len(x.shape) != 4 or keras.backend.standardize_dtype(x.dtype) not in DTYPES:
         return False
     return _on_cpu_only() and load() is not None
 
@@ -175,8 +180,8 @@ def status(precision="float32"):
     runs through these kernels, and if not, why."""
     if not _ENABLED[0]:
         return "not used: keras_resnet.kernels.disabled()"
-    if precision != "float32":
-        return f"not used: precision {precision} (the kernels are float32-only)"
+    if precision not in PRECISIONS:
+        return f"not used: precision {precision} (the kernels run float32 and mixed_bfloat16)"
     if not _on_cpu_only():
         return "not used: a GPU or TPU is visible (the kernels are CPU-only)"
     if load() is None:
@@ -208,6 +213,6 @@ def batchnorm_act(x, gamma, beta, epsilon, residual=None, relu=True):
     module = load()
     has_residual = residual is not None
     if not has_residual:
-        residual = tf.zeros([0], tf.float32)
+        residual = tf.zeros([0], x.dtype)
     return module.keras_resnet_batch_norm_act(
         x, residual, gamma, beta, epsilon=float(epsilon), has_residual=has_residual, relu=bool(relu))

@@ -1,5 +1,7 @@
-// Training-mode BatchNorm (+ residual add) (+ ReLU) for channels-last float32
-// tensors on CPU, forward and gradient, as two TensorFlow custom ops.
+// Training-mode BatchNorm (+ residual add) (+ ReLU) for channels-last float32 or
+// bfloat16 tensors on CPU, forward and gradient, as two TensorFlow custom ops.
+// bfloat16 tensors are read and written as bfloat16 (half the traffic) and
+// computed in float32, with float32 statistics, as mixed precision asks.
 //
 // Why: in a float32 ResNet training step on CPU about a quarter of the time is
 // memory-bound work between the convolutions (benchmarks/bench_memory_bound.py).
@@ -11,6 +13,7 @@
 //             then dx = a * dz + b * x + k (read dz, x; write dx).
 // dz doubles as the residual's gradient. Built and loaded by keras_resnet/kernels.
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <cmath>
 #include <vector>
@@ -23,13 +26,14 @@
 using namespace tensorflow;
 
 REGISTER_OP("KerasResnetBatchNormAct")
-    .Input("x: float")
-    .Input("residual: float")
+    .Input("x: T")
+    .Input("residual: T")
     .Input("gamma: float")
     .Input("beta: float")
-    .Output("y: float")
+    .Output("y: T")
     .Output("batch_mean: float")
     .Output("batch_variance: float")
+    .Attr("T: {float, bfloat16} = DT_FLOAT")
     .Attr("epsilon: float = 0.001")
     .Attr("has_residual: bool = false")
     .Attr("relu: bool = true")
@@ -41,16 +45,17 @@ REGISTER_OP("KerasResnetBatchNormAct")
     });
 
 REGISTER_OP("KerasResnetBatchNormActGrad")
-    .Input("dy: float")
-    .Input("x: float")
-    .Input("y: float")
+    .Input("dy: T")
+    .Input("x: T")
+    .Input("y: T")
     .Input("gamma: float")
     .Input("batch_mean: float")
     .Input("batch_variance: float")
-    .Output("dx: float")
-    .Output("d_residual: float")
+    .Output("dx: T")
+    .Output("d_residual: T")
     .Output("d_gamma: float")
     .Output("d_beta: float")
+    .Attr("T: {float, bfloat16} = DT_FLOAT")
     .Attr("epsilon: float = 0.001")
     .Attr("has_residual: bool = false")
     .Attr("relu: bool = true")
@@ -68,6 +73,29 @@ namespace {
 
 constexpr int64_t kChunk = 64;  // rows summed in float before joining the double totals
 
+// Element access for the two storage types: float as is, bfloat16 as its raw
+// 16 bits (the top half of a float). Plain integer arithmetic, so the loops
+// below vectorise for both; Eigen's bfloat16 conversions do not.
+inline float Load(float v) { return v; }
+inline float Load(uint16_t v) {
+  const uint32_t u = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+inline void Store(float* p, float v) { *p = v; }
+// Round to nearest even, as TensorFlow's float -> bfloat16 cast; NaN stays NaN.
+inline void Store(uint16_t* p, float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof(u));
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  *p = static_cast<uint16_t>(v != v ? 0x7FC0u : rounded);
+}
+
+// TensorFlow's element type -> the storage type the loops use.
+template <typename T> struct Storage { using type = T; };
+template <> struct Storage<bfloat16> { using type = uint16_t; };
+
 // Runs fn(block, row_begin, row_end) over `blocks` contiguous row ranges in the
 // device's thread pool.
 template <typename Fn>
@@ -83,10 +111,12 @@ void ForBlocks(OpKernelContext* ctx, int64_t rows, int64_t channels, int blocks,
 }
 
 
-// The four row loops, over rows [r0, r1) of a [rows, C] matrix. `__restrict__`
-// lets the compiler vectorise without run-time alias checks; in-place
-// InputGradRows (z == out) is safe because each element is read before written.
-void MomentsRows(const float* __restrict__ x, const float* __restrict__ shift, int64_t C,
+// The four row loops, over rows [r0, r1) of a [rows, C] matrix of S (float, or
+// bfloat16 bits). `__restrict__` lets the compiler vectorise without run-time
+// alias checks; in-place InputGradRows (z == out) is safe because each element
+// is read before it is written.
+template <typename S>
+void MomentsRows(const S* __restrict__ x, const float* __restrict__ shift, int64_t C,
                  int64_t r0, int64_t r1, double* __restrict__ out) {
   std::vector<float> fs_v(C), fq_v(C);
   float* __restrict__ fs = fs_v.data();
@@ -96,9 +126,9 @@ void MomentsRows(const float* __restrict__ x, const float* __restrict__ shift, i
     std::fill(fq, fq + C, 0.f);
     const int64_t re = std::min(r1, r + kChunk);
     for (int64_t i = r; i < re; ++i) {
-      const float* __restrict__ xi = x + i * C;
+      const S* __restrict__ xi = x + i * C;
       for (int64_t c = 0; c < C; ++c) {
-        const float d = xi[c] - shift[c];
+        const float d = Load(xi[c]) - shift[c];
         fs[c] += d;
         fq[c] += d * d;
       }
@@ -107,8 +137,9 @@ void MomentsRows(const float* __restrict__ x, const float* __restrict__ shift, i
   }
 }
 
-void GradSumsRows(const float* __restrict__ dy, const float* __restrict__ x,
-                  const float* __restrict__ y, float* __restrict__ dz_out,
+template <typename S>
+void GradSumsRows(const S* __restrict__ dy, const S* __restrict__ x,
+                  const S* __restrict__ y, S* __restrict__ dz_out,
                   const float* __restrict__ mean, int64_t C, int64_t r0, int64_t r1,
                   double* __restrict__ out) {
   std::vector<float> fs_v(C), fq_v(C);
@@ -119,22 +150,25 @@ void GradSumsRows(const float* __restrict__ dy, const float* __restrict__ x,
     std::fill(fq, fq + C, 0.f);
     const int64_t re = std::min(r1, r + kChunk);
     for (int64_t i = r; i < re; ++i) {
-      const float* __restrict__ di = dy + i * C;
-      const float* __restrict__ xi = x + i * C;
+      const S* __restrict__ di = dy + i * C;
+      const S* __restrict__ xi = x + i * C;
       if (y) {
-        const float* __restrict__ yi = y + i * C;
-        float* __restrict__ zi = dz_out + i * C;
+        const S* __restrict__ yi = y + i * C;
+        S* __restrict__ zi = dz_out + i * C;
         for (int64_t c = 0; c < C; ++c) {
-          const float d = yi[c] > 0.f ? di[c] : 0.f;
-          zi[c] = d;
+          // Masking is exact in either type: dz is dy or zero.
+          const S dzs = Load(yi[c]) > 0.f ? di[c] : S(0);
+          zi[c] = dzs;
+          const float d = Load(dzs);
           fs[c] += d;
-          fq[c] += d * (xi[c] - mean[c]);
+          fq[c] += d * (Load(xi[c]) - mean[c]);
         }
       } else {
-        if (dz_out) std::memcpy(dz_out + i * C, di, C * sizeof(float));
+        if (dz_out) std::memcpy(dz_out + i * C, di, C * sizeof(S));
         for (int64_t c = 0; c < C; ++c) {
-          fs[c] += di[c];
-          fq[c] += di[c] * (xi[c] - mean[c]);
+          const float d = Load(di[c]);
+          fs[c] += d;
+          fq[c] += d * (Load(xi[c]) - mean[c]);
         }
       }
     }
@@ -142,40 +176,48 @@ void GradSumsRows(const float* __restrict__ dy, const float* __restrict__ x,
   }
 }
 
+// ReLU as std::max(v, 0.f), which is (v < 0 ? 0 : v): a NaN passes through, as
+// through TensorFlow's Relu, instead of being silently zeroed.
 // Centre first, then scale: x * scale + (beta - mean * scale) would cancel
 // catastrophically when |mean| >> std, as TensorFlow's kernels avoid too.
-void NormalizeRows(const float* __restrict__ x, const float* __restrict__ res,
+template <typename S>
+void NormalizeRows(const S* __restrict__ x, const S* __restrict__ res,
                    const float* __restrict__ mean, const float* __restrict__ scale,
                    const float* __restrict__ offset,
-                   float* __restrict__ y, int64_t C, int64_t r0, int64_t r1, bool relu) {
+                   S* __restrict__ y, int64_t C, int64_t r0, int64_t r1, bool relu) {
   for (int64_t i = r0; i < r1; ++i) {
-    const float* __restrict__ xi = x + i * C;
-    float* __restrict__ yi = y + i * C;
+    const S* __restrict__ xi = x + i * C;
+    S* __restrict__ yi = y + i * C;
     if (res) {
-      const float* __restrict__ ri = res + i * C;
+      const S* __restrict__ ri = res + i * C;
       if (relu) {
-        for (int64_t c = 0; c < C; ++c) yi[c] = std::max(0.f, (xi[c] - mean[c]) * scale[c] + offset[c] + ri[c]);
+        for (int64_t c = 0; c < C; ++c)
+          Store(yi + c, std::max((Load(xi[c]) - mean[c]) * scale[c] + offset[c] + Load(ri[c]), 0.f));
       } else {
-        for (int64_t c = 0; c < C; ++c) yi[c] = (xi[c] - mean[c]) * scale[c] + offset[c] + ri[c];
+        for (int64_t c = 0; c < C; ++c)
+          Store(yi + c, (Load(xi[c]) - mean[c]) * scale[c] + offset[c] + Load(ri[c]));
       }
     } else if (relu) {
-      for (int64_t c = 0; c < C; ++c) yi[c] = std::max(0.f, (xi[c] - mean[c]) * scale[c] + offset[c]);
+      for (int64_t c = 0; c < C; ++c)
+        Store(yi + c, std::max((Load(xi[c]) - mean[c]) * scale[c] + offset[c], 0.f));
     } else {
-      for (int64_t c = 0; c < C; ++c) yi[c] = (xi[c] - mean[c]) * scale[c] + offset[c];
+      for (int64_t c = 0; c < C; ++c) Store(yi + c, (Load(xi[c]) - mean[c]) * scale[c] + offset[c]);
     }
   }
 }
 
-void InputGradRows(const float* z, const float* __restrict__ x, const float* __restrict__ mean,
+template <typename S>
+void InputGradRows(const S* z, const S* __restrict__ x, const float* __restrict__ mean,
                    const float* __restrict__ a, const float* __restrict__ b,
-                   const float* __restrict__ k, float* out,
+                   const float* __restrict__ k, S* out,
                    int64_t C, int64_t r0, int64_t r1) {
   for (int64_t i = r0; i < r1; ++i) {
-    const float* zi = z + i * C;
-    const float* __restrict__ xi = x + i * C;
-    float* oi = out + i * C;
+    const S* zi = z + i * C;
+    const S* __restrict__ xi = x + i * C;
+    S* oi = out + i * C;
 #pragma GCC ivdep
-    for (int64_t c = 0; c < C; ++c) oi[c] = a[c] * zi[c] + b[c] * (xi[c] - mean[c]) + k[c];
+    for (int64_t c = 0; c < C; ++c)
+      Store(oi + c, a[c] * Load(zi[c]) + b[c] * (Load(xi[c]) - mean[c]) + k[c]);
   }
 }
 
@@ -210,9 +252,21 @@ void JoinBlocks(const std::vector<double>& sums, int blocks, int64_t C, int64_t 
   }
 }
 
+// A tensor's elements as the loops' storage type.
+template <typename T>
+const typename Storage<T>::type* In(const Tensor& t) {
+  return reinterpret_cast<const typename Storage<T>::type*>(t.flat<T>().data());
+}
+template <typename T>
+typename Storage<T>::type* Out(Tensor* t) {
+  return reinterpret_cast<typename Storage<T>::type*>(t->flat<T>().data());
+}
+
+template <typename T>
 class BatchNormActOp : public BatchNormActBase {
  public:
   using BatchNormActBase::BatchNormActBase;
+  using S = typename Storage<T>::type;
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& x = ctx->input(0);
@@ -235,16 +289,17 @@ class BatchNormActOp : public BatchNormActBase {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({C}), &mean_t));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({C}), &var_t));
-    const float* xp = x.flat<float>().data();
-    const float* rp = has_residual_ ? residual.flat<float>().data() : nullptr;
-    float* yp = y->flat<float>().data();
+    const S* xp = In<T>(x);
+    const S* rp = has_residual_ ? In<T>(residual) : nullptr;
+    S* yp = Out<T>(y);
 
     // Pass 1: per-channel sums of (x - shift) and its square.
     const int blocks = NumBlocks(ctx, rows);
     std::vector<double> sums(2 * blocks * C, 0.0);
     // Shifting by the first row keeps E[d^2] - E[d]^2 free of cancellation.
-    std::vector<float> no_shift(C, 0.f);
-    const float* shift = rows ? xp : no_shift.data();
+    std::vector<float> shift_v(C, 0.f);
+    for (int64_t c = 0; rows && c < C; ++c) shift_v[c] = Load(xp[c]);
+    const float* shift = shift_v.data();
     ForBlocks(ctx, rows, C, blocks, [&](int b, int64_t r0, int64_t r1) {
       MomentsRows(xp, shift, C, r0, r1, sums.data() + 2 * b * C);
     });
@@ -275,9 +330,11 @@ class BatchNormActOp : public BatchNormActBase {
   }
 };
 
+template <typename T>
 class BatchNormActGradOp : public BatchNormActBase {
  public:
   using BatchNormActBase::BatchNormActBase;
+  using S = typename Storage<T>::type;
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& dy = ctx->input(0);
@@ -303,14 +360,14 @@ class BatchNormActGradOp : public BatchNormActBase {
         1, has_residual_ ? x.shape() : TensorShape({0}), &dres));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({C}), &dg));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({C}), &db));
-    const float* dyp = dy.flat<float>().data();
-    const float* xp = x.flat<float>().data();
-    const float* yp = y.flat<float>().data();
+    const S* dyp = In<T>(dy);
+    const S* xp = In<T>(x);
+    const S* yp = In<T>(y);
     const float* mp = mean_t.flat<float>().data();
-    float* dxp = dx->flat<float>().data();
+    S* dxp = Out<T>(dx);
     // dz, the gradient before the ReLU (and of the residual), is written once in
     // pass 1 and read back in pass 2: into d_residual, or into dx itself.
-    float* dzp = has_residual_ ? dres->flat<float>().data() : dxp;
+    S* dzp = has_residual_ ? Out<T>(dres) : dxp;
     const bool relu = relu_;
     const bool store_dz = relu || has_residual_;
 
@@ -341,7 +398,7 @@ class BatchNormActGradOp : public BatchNormActBase {
     const float* A = ka.data();
     const float* B = kb.data();
     const float* K = kc.data();
-    const float* src = store_dz ? dzp : dyp;
+    const S* src = store_dz ? dzp : dyp;
     ForBlocks(ctx, rows, C, NumBlocks(ctx, rows), [&](int, int64_t r0, int64_t r1) {
       InputGradRows(src, xp, mp, A, B, K, dxp, C, r0, r1);
     });
@@ -350,5 +407,13 @@ class BatchNormActGradOp : public BatchNormActBase {
 
 }  // namespace
 
-REGISTER_KERNEL_BUILDER(Name("KerasResnetBatchNormAct").Device(DEVICE_CPU), BatchNormActOp);
-REGISTER_KERNEL_BUILDER(Name("KerasResnetBatchNormActGrad").Device(DEVICE_CPU), BatchNormActGradOp);
+#define REGISTER(T)                                                                          \
+  REGISTER_KERNEL_BUILDER(                                                                   \
+      Name("KerasResnetBatchNormAct").Device(DEVICE_CPU).TypeConstraint<T>("T"),             \
+      BatchNormActOp<T>);                                                                    \
+  REGISTER_KERNEL_BUILDER(                                                                   \
+      Name("KerasResnetBatchNormActGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"),         \
+      BatchNormActGradOp<T>);
+REGISTER(float)
+REGISTER(bfloat16)
+#undef REGISTER
