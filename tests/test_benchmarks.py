@@ -109,7 +109,7 @@ def test_the_recorded_runs_are_in_the_report():
     names = {r["run"] for r in suite.time_to_accuracy()}
     assert {"cifar10_fast_resnet9half_22ep", "cifar10_fast_resnet9half_22ep_fp32", "cifar10_fast_resnet9half_22ep_seed1",
             "cifar10_fast_resnet9half_22ep_fp32_seed1",
-            "cifar10_fast_resnet20_34ep"} <= names
+            "cifar10_fast_resnet20_34ep", "cifar10_fast_resnet9half_22ep_kernels"} <= names
 
 
 def test_bench_models_quick_smoke(tmp_path):
@@ -278,3 +278,17 @@ def test_bench_memory_bound_times_every_op_and_the_step(tmp_path):
         assert summary["train_efficiency_kernels"] == pytest.approx(
             summary["conv_flops_at_matmul_peak_ms"] / summary["step_kernels_ms"])
         assert "with keras_resnet's kernels" in proc.stdout
+
+
+def test_ablate_kernels_times_both_paths(tmp_path):
+    from keras_resnet import kernels
+
+    if kernels.load() is None:
+        pytest.skip(f"keras_resnet's kernels did not build here: {kernels.unavailable_reason()}")
+    out = tmp_path / "ablate.json"
+    proc = run_script("ablate_kernels.py", "--model", "resnet20", "--image-size", "16", "--batch", "4",
+                      "--rounds", "2", "--json", out)
+    report = json.loads(out.read_text())
+    assert set(report["step_ms_median"]) == {"tensorflow", "kernels"}
+    assert all(len(v) == 2 and min(v) > 0 for v in report["step_seconds_rounds"].values())
+    assert report["speedup_paired"] > 0 and "paired speed-up" in proc.stdout
