@@ -63,6 +63,14 @@ def main(argv=None):
             model.train_on_batch(x, y)  # traces the step with or without the kernels
         model.train_on_batch(x, y)
         models[mode] = model
+    # The A/B is only an A/B if the kernels are in one step and not the other.
+    for mode, model in models.items():
+        with kernels.disabled() if mode == "tensorflow" else contextlib.nullcontext():
+            graph = tf.function(lambda x: model(x, training=True)).get_concrete_function(x).graph
+        count = sum(op.type == "KerasResnetBatchNormAct" for op in graph.get_operations())
+        if (count > 0) != (mode == "kernels"):
+            raise SystemExit(f"{args.model} traced {count} keras_resnet kernel ops with mode={mode!r}: "
+                             f"this model or precision does not run through the kernels")
     seconds = {mode: [] for mode in models}
     for r in range(args.rounds):
         for mode in ("tensorflow", "kernels") if r % 2 == 0 else ("kernels", "tensorflow"):

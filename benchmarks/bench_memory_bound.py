@@ -1,4 +1,4 @@
-"""Where the rest of a float32 ResNet-50 training step goes: the memory-bound ops against memory bandwidth.
+"""Where the rest of a ResNet-50 training step goes: the memory-bound ops against memory bandwidth.
 
     python benchmarks/bench_memory_bound.py [--batch 32] [--precision float32|mixed_bfloat16]
                                             [--no-xla] [--quick] [--json out.json]
@@ -60,7 +60,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import best_call_seconds, hardware, print_hardware, train_gflops, write_json  # noqa: E402
 
 # Least whole-tensor reads + writes for each op's forward and backward pass
-# (fp32, two-pass BatchNorm: statistics must be complete before normalising).
+# (in tensors of the step's element size, 4 bytes in float32 and 2 in bfloat16; two-pass
+# BatchNorm: statistics must be complete before normalising).
 #   bn:          fwd read x (stats), read x + write y = 3;
 #                bwd read dy, x (the two channel sums), read dy, x + write dx = 5.
 #   bn_relu:     the same 8: the ReLU mask can be recomputed from x and the statistics.

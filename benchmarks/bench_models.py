@@ -198,6 +198,13 @@ def select_models(spec, available):
     return tuple(m for m in available if m in chosen)
 
 
+def probes_beside(samples):
+    """The probe for each of a round's slots: the mean of the probe taken just before it
+    and the one just after (`samples` = one probe before the first model, then one after
+    each model)."""
+    return [(before + after) / 2 for before, after in zip(samples, samples[1:])]
+
+
 def paired_ratio(ours, ref):
     """Median and range of the per-round ratios (both measured in the same round)."""
     ratios = [a / b for a, b in zip(ours, ref)]
@@ -282,13 +289,13 @@ def main(argv=None):
     steal = StealMeter()  # share of the CPU the hypervisor took during the timed rounds
     for r in range(args.rounds):
         order = benches[r % len(benches):] + benches[:r % len(benches)]  # rotate the order
-        before = probe() if probe else None
+        samples = [probe()] if probe else []
         for bench in order:
             bench.round()
             if probe:
-                after = probe()
-                bench.probe.append((before + after) / 2)
-                before = after
+                samples.append(probe())
+        for bench, peak in zip(order, probes_beside(samples)):
+            bench.probe.append(peak)
         print(f"  round {r + 1}/{args.rounds}: " + ", ".join(
             f"{short_name(b.name)} {b.train[-1]:.1f}/{b.infer[-1]:.1f}" for b in benches)
             + " img/s (train/infer)", flush=True)

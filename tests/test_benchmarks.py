@@ -136,15 +136,18 @@ def test_bench_models_share_of_peak_is_paired_round_by_round():
 
     bench = bench_models.Bench.__new__(bench_models.Bench)  # the arithmetic only, no model
     bench.name, bench.small, bench.size = "keras_resnet resnet50_v1", False, 224
-    # Round 2 ran on a machine twice as fast as round 1 (probe 200 vs 100 GFLOP/s), and the
-    # model kept pace: each round is ~49% of its own probe, so is the median. Against one
-    # probe for both rounds it would read 49% or 98% instead.
-    bench.train, bench.infer, bench.probe = [2.0, 4.0, 3.0], [10.0, 20.0, 15.0], [100.0, 200.0, 150.0]
+    # Per-round shares 49%, 98% and 25% (2, 4 and 3 img/s x 24.54 GFLOP against probes of
+    # 100, 100 and 300 GFLOP/s): the median of the paired shares is 49%. Unpaired it would
+    # read 74% (median throughput over median probe) or 44% (against the mean probe).
+    bench.train, bench.infer, bench.probe = [2.0, 4.0, 3.0], [10.0, 20.0, 15.0], [100.0, 100.0, 300.0]
     assert bench.pct_peak("train") == pytest.approx(100 * 2.0 * 6 * 4.09 / 100, abs=0.05)
     assert bench.pct_peak("infer") == pytest.approx(100 * 10.0 * 2 * 4.09 / 100, abs=0.05)
+    # Each model's round gets the mean of the probes on either side of it.
+    assert bench_models.probes_beside([100.0, 140.0, 180.0, 120.0]) == [120.0, 160.0, 150.0]
+    assert bench_models.probes_beside([]) == []
     bench.probe = []  # --probe 0
     assert bench.pct_peak("train") is None
-    bench.size, bench.probe = 64, [100.0, 200.0, 150.0]  # --quick's 64 px: no known FLOP count
+    bench.size, bench.probe = 64, [100.0, 100.0, 300.0]  # --quick's 64 px: no known FLOP count
     assert bench.pct_peak("train") is None
 
 

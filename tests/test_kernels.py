@@ -112,7 +112,8 @@ def test_op_matches_float64_reference(ops, shape, residual, relu, dtype):
 def test_bfloat16_op_is_the_float32_op_rounded_like_tensorflow(ops, residual, relu):
     """On the same (bf16-representable) inputs the bf16 op computes exactly what the
     float32 op does and rounds it as `tf.cast(..., bfloat16)` does (to nearest even;
-    NaN stays NaN): bit for bit, outputs and gradients. A truncating or
+    NaN stays NaN): bit for bit, outputs and gradients (NaN payloads aside: NaNs
+    compare equal here). A truncating or
     misplaced conversion fails here even where it hides inside the reference test's
     one-ulp tolerance."""
     rng = np.random.default_rng(7)
@@ -127,6 +128,13 @@ def test_bfloat16_op_is_the_float32_op_rounded_like_tensorflow(ops, residual, re
         want = as_bfloat16(f) if f.ndim == 4 else f  # the float32 statistics stay float32
         np.testing.assert_array_equal(b, want, err_msg=name)
     assert np.isnan(bf16[0][..., 5]).all() and not np.isnan(np.delete(bf16[0], 5, axis=-1)).any()
+    # The bits too, NaNs included (their sign and quiet bit), for the forward output.
+    bits = lambda t: tf.bitcast(t, tf.uint16).numpy()  # noqa: E731
+    ours = kernels.batchnorm_act(tf.constant(x, tf.bfloat16), tf.constant(gamma, tf.float32),
+                                 tf.constant(beta, tf.float32), 1e-3, relu=relu)[0]
+    rounded = tf.cast(kernels.batchnorm_act(tf.constant(x, tf.float32), tf.constant(gamma, tf.float32),
+                                            tf.constant(beta, tf.float32), 1e-3, relu=relu)[0], tf.bfloat16)
+    np.testing.assert_array_equal(bits(ours), bits(rounded))
 
 
 def test_op_empty_batch_gives_nan_statistics_like_tensorflow(ops):
@@ -241,6 +249,10 @@ def test_blocks_in_mixed_bfloat16_are_as_accurate_as_tensorflow(ops, cls, kwargs
                 dy = rng.normal(0, 1, block.compute_output_shape(x.shape)).astype("float32")
             dtype = block.compute_dtype
             out, grads, stats = block_gradients(block, tf.constant(x, dtype), tf.constant(dy, dtype), mode)
+            if mode == "kernels":  # else "ours" could silently be TensorFlow's path again
+                graph = tf.function(lambda x: block(x, training=True)).get_concrete_function(
+                    tf.constant(x, dtype)).graph
+                assert "KerasResnetBatchNormAct" in [op.type for op in graph.get_operations()]
         finally:
             keras.mixed_precision.set_global_policy("float32")
         results[(policy, mode)] = (np.asarray(out, "float32"), [np.asarray(g, "float32") for g in grads], stats)

@@ -84,12 +84,15 @@ inline float Load(uint16_t v) {
   return f;
 }
 inline void Store(float* p, float v) { *p = v; }
-// Round to nearest even, as TensorFlow's float -> bfloat16 cast; NaN stays NaN.
+// Round to nearest even, as TensorFlow's (Eigen's) float -> bfloat16 cast: a NaN
+// becomes the quiet NaN of its sign, a finite value past bf16's range infinity.
+// (Denormals are kept; CPUs' conversion instructions may flush them to zero.)
 inline void Store(uint16_t* p, float v) {
   uint32_t u;
   std::memcpy(&u, &v, sizeof(u));
   const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-  *p = static_cast<uint16_t>(v != v ? 0x7FC0u : rounded);
+  const uint32_t nan = ((u >> 16) & 0x8000u) | 0x7FC0u;
+  *p = static_cast<uint16_t>(v != v ? nan : rounded);
 }
 
 // TensorFlow's element type -> the storage type the loops use.
