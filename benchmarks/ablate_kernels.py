@@ -17,12 +17,11 @@ import contextlib
 import os
 import statistics
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import hardware, print_hardware, write_json  # noqa: E402
+from common import hardware, paired_train_steps, print_hardware, write_json  # noqa: E402
 
 
 def main(argv=None):
@@ -71,12 +70,7 @@ def main(argv=None):
         if (count > 0) != (mode == "kernels"):
             raise SystemExit(f"{args.model} traced {count} keras_resnet kernel ops with mode={mode!r}: "
                              f"this model or precision does not run through the kernels")
-    seconds = {mode: [] for mode in models}
-    for r in range(args.rounds):
-        for mode in ("tensorflow", "kernels") if r % 2 == 0 else ("kernels", "tensorflow"):
-            start = time.perf_counter()
-            float(models[mode].train_on_batch(x, y))
-            seconds[mode].append(time.perf_counter() - start)
+    seconds = paired_train_steps(models, x, y, args.rounds)
     ratio = statistics.median(t / k for t, k in zip(seconds["tensorflow"], seconds["kernels"]))
     ms = {mode: round(1e3 * statistics.median(s), 1) for mode, s in seconds.items()}
     print(f"{args.model} {args.image_size} px, batch {args.batch}, {args.precision}: train step "

@@ -52,12 +52,12 @@ import contextlib
 import os
 import statistics
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import best_call_seconds, hardware, print_hardware, train_gflops, write_json  # noqa: E402
+from common import (best_call_seconds, hardware, paired_train_steps, print_hardware,  # noqa: E402
+                    train_gflops, write_json)
 
 # Least whole-tensor reads + writes for each op's forward and backward pass
 # (in tensors of the step's element size, 4 bytes in float32 and 2 in bfloat16; two-pass
@@ -184,12 +184,7 @@ def step_seconds(batch, image_size, steps, with_kernels):
         with contextlib.nullcontext() if mode == "kernels" else kernels.disabled():
             models[mode].train_on_batch(x, y)  # traces the step
         models[mode].train_on_batch(x, y)
-    times = {mode: [] for mode in models}
-    for i in range(steps):
-        for mode in (list(models) if i % 2 == 0 else list(models)[::-1]):
-            start = time.perf_counter()
-            float(models[mode].train_on_batch(x, y))
-            times[mode].append(time.perf_counter() - start)
+    times = paired_train_steps(models, x, y, steps)
     ratio = (statistics.median(t / k for t, k in zip(times["tf"], times["kernels"]))
              if with_kernels else None)
     return {mode: statistics.median(t) for mode, t in times.items()}, ratio

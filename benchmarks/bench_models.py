@@ -280,7 +280,8 @@ def main(argv=None):
 
         probe_dtype = {"float32": "float32", "mixed_bfloat16": "bfloat16",
                        "mixed_float16": "float16"}[args.precision]
-        measure = make_probe(probe_dtype, 512 if args.quick else 2048)
+        probe_size = 512 if args.quick else 2048
+        measure = make_probe(probe_dtype, probe_size)
         measure(1, warmup=2)  # trace it outside the timed rounds
 
         def probe():
@@ -343,8 +344,8 @@ def main(argv=None):
     write_json(args.json, {"results": results, "ratios": ratios, "ratio_ranges": ranges,
                            "same_architecture_at_least_as_fast": verdict, "quick": args.quick,
                            "rounds": args.rounds, "hardware": info,
-                           "paired_probe": ({"dtype": probe_dtype, "n": 512 if args.quick else 2048,
-                                             "best_of": 3} if probe else None),
+                           "paired_probe": ({"dtype": probe_dtype, "n": probe_size, "best_of": 3}
+                                            if probe else None),
                            "command": " ".join([sys.executable] + sys.argv)})
 
 

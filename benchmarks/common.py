@@ -93,6 +93,20 @@ def timed(fn, repeats, warmup=1):
     return best
 
 
+def paired_train_steps(models, x, y, rounds):
+    """Seconds of one `train_on_batch(x, y)` per model per round, {name: [s, ...]}; the
+    order alternates round by round, so drift hits every model alike (an A/B's steps
+    are compared per round, as a median of the per-round ratios)."""
+    names = list(models)
+    seconds = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            float(models[name].train_on_batch(x, y))  # float(): the step has finished
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
 def best_call_seconds(fn, args, repeats):
     """Best-of-`repeats` seconds of `fn(*args).numpy()` after one warm-up call (a
     traced `tf.function` returning a small tensor: `.numpy()` waits for it)."""
