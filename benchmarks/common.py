@@ -10,6 +10,8 @@ import time
 # against the matmul peak. FLOPs = 2 x MACs; training ~ 3 x forward.
 FORWARD_GMACS = {
     "resnet50@224": 4.09,   # He et al. 2015 table 1 (3.8 "GFLOPs" counts MACs), torchvision 4.09
+    "resnet18@224": 1.82,   # torchvision's counts (He et al. 2015 table 1: 1.8)
+    "resnet34@224": 3.67,   # torchvision's counts (He et al. 2015 table 1: 3.6)
     "resnet20@32": 0.0408,  # He et al. 2015 sec. 4.2
     "resnet9_half@32": 0.0953,  # counted: five 18.9M-MAC 3x3 layers + stem and head
 }

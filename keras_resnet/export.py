@@ -25,6 +25,7 @@ written to a hidden temporary directory first and renamed into place, so a
 server polling `export_dir` never loads a half-written version.
 """
 
+import functools
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ import shutil
 import numpy as np
 import tensorflow as tf
 
+from keras_resnet import kernels
 from keras_resnet.preprocessing import eval_resize, normalization_layer
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,16 @@ _PAD = b"\0" * 64
 
 
 # ============================================================================ request headers
+def _portable(fn):
+    """Traces `fn`'s graphs without keras_resnet's custom CPU ops (the Winograd
+    inference convolutions), which TF Serving, TFLite and ONNX do not have."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with kernels.disabled():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
 def _bytes(data, start, length):
     """Bytes [start, start + length) of a scalar string as an int64 vector."""
     return tf.cast(tf.io.decode_raw(tf.strings.substr(data, start, length), tf.uint8), tf.int64)
@@ -388,6 +400,7 @@ def _resolve_fold(fold_batchnorm, model):
     return fold_batchnorm
 
 
+@_portable
 def fold_batchnorm_function(model, image_size):
     """The model's inference as a graph with every BatchNorm folded into its
     convolution, the folded weights kept as variables.
@@ -565,6 +578,7 @@ def _check_args(model, class_names, top_k, max_pixels, crop_fraction):
         raise ValueError(f"`crop_fraction` must be None or in (0, 1]. Received: crop_fraction={crop_fraction!r}")
 
 
+@_portable
 def export_saved_model(model, export_dir, *, version=None, class_names=None, image_size=None,
                        crop_fraction=None, normalization=None, top_k=5, max_pixels=DEFAULT_MAX_PIXELS,
                        apply_softmax=None, fold_batchnorm="auto", warmup=True):
@@ -655,6 +669,7 @@ def _with_softmax(model, softmax):
     return keras.Model(model.inputs, keras.layers.Softmax(dtype="float32")(model.outputs[0]), name=model.name)
 
 
+@_portable
 def export_tflite(model, path, *, image_size=None, quantize=None, normalization=None, apply_softmax=None):
     """TFLite file: input `images` float32 [N, H, W, 3] at the model's size, 0-255
     pixels, normalisation inside; output `probabilities` [N, C].
@@ -690,6 +705,7 @@ def export_tflite(model, path, *, image_size=None, quantize=None, normalization=
     return path
 
 
+@_portable
 def export_onnx(model, path, *, image_size=None, opset=17, normalization=None, apply_softmax=None):
     """ONNX via tf2onnx: input `images` float32 [N, H, W, 3] at the model's size,
     0-255 pixels, normalisation inside; output `probabilities` [N, C].
@@ -731,6 +747,7 @@ def export_onnx(model, path, *, image_size=None, opset=17, normalization=None, a
     return path
 
 
+@_portable
 def export(model, export_dir, *, version=None, class_names=None, image_size=None, crop_fraction=None,
            normalization=None, top_k=5, max_pixels=DEFAULT_MAX_PIXELS, formats=("saved_model",),
            apply_softmax=None, fold_batchnorm="auto", warmup=True, tflite_quantize=("dynamic",)):
@@ -799,6 +816,7 @@ def export(model, export_dir, *, version=None, class_names=None, image_size=None
     return paths
 
 
+@_portable
 def export_run(run_dir, output, format="saved_model", **kwargs):
     """CLI hook (`keras-resnet export RUN_DIR --output DIR --format F`).
 

@@ -158,6 +158,7 @@ class FusedBatchNormalization(layers.BatchNormalization):
 
 _FUSED_BATCHNORM = [True]
 _FOLD_AT_INFERENCE = [True]
+_WINOGRAD = [True]
 
 
 def _is_relu(layer):
@@ -165,7 +166,7 @@ def _is_relu(layer):
         layer.activation, "__name__", None) == "relu"
 
 
-def conv_then_batchnorm(conv, bn, x, training=None):
+def conv_then_batchnorm(conv, bn, x, training=None, activation=None):
     """`bn(conv(x))`, computed at inference as one convolution plus a bias.
 
     In inference mode (the moving statistics, or a frozen BatchNorm) the pair
@@ -177,21 +178,27 @@ def conv_then_batchnorm(conv, bn, x, training=None):
     inference (benchmarks/ablate_inference.py): 1.07x in float32, 2.2x in
     bfloat16 against FusedBatchNormV3 after each conv. Training, masks and
     anything `FusedBatchNormalization` cannot fuse take `bn(conv(x))`.
+
+    `activation`, when given, is the layer that follows (a ReLU): applied here
+    so the Winograd path (`folded_conv_batchnorm`) can fuse it.
     """
+    finish = activation if activation is not None else (lambda y: y)
     inference = not (bool(training) and bn.trainable)
     if not (inference and isinstance(bn, FusedBatchNormalization) and bn._foldable(x)):
-        return bn(conv(x), training=training)
+        return finish(bn(conv(x), training=training))
     if _FOLD_AT_INFERENCE[0]:
         # Also under `unfused_batchnorm()` (the export): the fold's multiplies
         # on frozen weights constant-fold, leaving Conv2D + BiasAdd.
-        return folded_conv_batchnorm(conv, bn, x)
+        if activation is not None and _is_relu(activation):
+            return folded_conv_batchnorm(conv, bn, x, relu=True)
+        return finish(folded_conv_batchnorm(conv, bn, x))
     if not (conv.use_bias and bn._fusable(x, None)):  # unfolded_inference(): the previous path
-        return bn(conv(x), training=training)
+        return finish(bn(conv(x), training=training))
     # BN(conv(x) + b) == BN'(conv(x)) with the moving mean shifted by -b.
-    return bn.fused_inference_call(conv.convolution_op(x, conv.kernel), input_bias=conv.bias)
+    return finish(bn.fused_inference_call(conv.convolution_op(x, conv.kernel), input_bias=conv.bias))
 
 
-def folded_conv_batchnorm(conv, bn, x):
+def folded_conv_batchnorm(conv, bn, x, relu=False, residual=None):
     """Inference-mode `bn(conv(x))` as one convolution plus a bias: the BatchNorm
     is folded into the kernel (`w * gamma / sqrt(var + eps)`) and the bias.
 
@@ -203,8 +210,16 @@ def folded_conv_batchnorm(conv, bn, x):
     more passes over memory. The fold is recomputed every call from the
     variables (a few multiplies per kernel weight), so it also holds while the
     moving statistics or a frozen BatchNorm's fine-tuned convolution change.
+
+    Returns `relu(conv(x) + bias [+ residual])` (the ReLU only with `relu`). A
+    float32 3x3 stride-1 convolution on CPU runs as Winograd's F(4x4, 3x3)
+    (`keras_resnet.kernels.winograd_conv`, with the bias, `residual` and `relu`
+    fused); every other one as Conv2D + BiasAdd (+ Add) (+ Relu), which oneDNN
+    fuses.
     """
     import tensorflow as tf
+
+    from keras_resnet import kernels
 
     scale = tf.cast(bn.gamma, tf.float32) * tf.math.rsqrt(
         tf.cast(bn.moving_variance, tf.float32) + bn.epsilon)
@@ -212,8 +227,26 @@ def folded_conv_batchnorm(conv, bn, x):
     if conv.use_bias:
         shift = shift + tf.cast(conv.bias, tf.float32) * scale
     kernel = tf.cast(tf.cast(conv.kernel, tf.float32) * scale, conv.compute_dtype)
-    y = conv.convolution_op(x, kernel)
-    return tf.nn.bias_add(y, tf.cast(shift, y.dtype))
+
+    def direct():
+        y = tf.nn.bias_add(conv.convolution_op(x, kernel), tf.cast(shift, conv.compute_dtype))
+        if residual is not None:
+            y = residual + y
+        return tf.nn.relu(y) if relu else y
+
+    if not (_WINOGRAD[0] and kernels.winograd_usable(conv, x)
+            and (residual is None or residual.dtype == tf.float32)):
+        return direct()
+
+    def winograd():
+        return kernels.winograd_conv(x, kernel, shift, residual=residual, relu=relu)
+
+    tiles = kernels.winograd_tiles(x)
+    if isinstance(tiles, int):
+        return winograd() if tiles >= kernels.WINOGRAD_MIN_TILES else direct()
+    # A batch size known only at run time: small batches (serving one image)
+    # are faster direct.
+    return tf.cond(tiles >= kernels.WINOGRAD_MIN_TILES, winograd, direct)
 
 
 @contextlib.contextmanager
@@ -242,6 +275,18 @@ def unfolded_inference():
         yield
     finally:
         _FOLD_AT_INFERENCE[0] = previous
+
+
+@contextlib.contextmanager
+def direct_convolutions():
+    """Traces inference without Winograd convolutions (for A/B benchmarks and
+    parity tests): every folded 3x3 convolution stays TensorFlow's Conv2D."""
+    previous = _WINOGRAD[0]
+    _WINOGRAD[0] = False
+    try:
+        yield
+    finally:
+        _WINOGRAD[0] = previous
 
 
 def batch_normalization(**kwargs):
@@ -530,6 +575,9 @@ class ResidualBlock(layers.Layer):
         if self._folds_last_conv_into_the_sum(pre, training):
             # relu(shortcut + conv(y) + bias): one fused oneDNN convolution.
             y = self._apply(self.branch_layers[:-2], pre, training)
+            if _is_relu(self.out_relu):
+                return folded_conv_batchnorm(self.branch_layers[-2], self.branch_layers[-1], y,
+                                             relu=True, residual=shortcut)
             y = folded_conv_batchnorm(self.branch_layers[-2], self.branch_layers[-1], y)
             return self.out_relu(self.add([shortcut, y]))
         if self._fuses_sum_in_training(training):
@@ -590,8 +638,13 @@ class ResidualBlock(layers.Layer):
                     x = fused if fused is not None else following(y, training=training)
                     i += 3 if fused is not None else 2
                     continue
-                x = conv_then_batchnorm(layer, following, x, training)
-                i += 2
+                after = steps[i + 2] if i + 2 < len(steps) else None
+                if _is_relu(after):  # passed on, so a Winograd convolution can fuse it
+                    x = conv_then_batchnorm(layer, following, x, training, activation=after)
+                    i += 3
+                else:
+                    x = conv_then_batchnorm(layer, following, x, training)
+                    i += 2
             else:
                 x = layer(x, training=training)
                 i += 1

@@ -1,4 +1,5 @@
-"""keras_resnet's own CPU kernels: fused training-mode BatchNorm (+ add) (+ ReLU).
+"""keras_resnet's own CPU kernels: fused training-mode BatchNorm (+ add) (+ ReLU),
+and Winograd F(4x4, 3x3) convolutions for float32 inference.
 
 TensorFlow runs a post-activation block's `relu(batchnorm(x) + shortcut)` as
 three ops forward and three backward, each a full pass over memory; on a CPU
@@ -17,8 +18,18 @@ Everywhere else, and wherever the build fails (no C++ compiler, a TensorFlow
 without headers, not Linux), keras_resnet silently uses TensorFlow's ops, with
 one log line saying why. `KERAS_RESNET_KERNELS=0` turns them off; the context
 manager `keras_resnet.kernels.disabled()` does so for code traced inside it.
-Exports never contain these ops: they are used in training only, and a SavedModel
-is traced in inference mode.
+
+`winograd_conv` (`winograd.cc`) runs an inference-mode 3x3 stride-1 convolution
+(+ bias) (+ ReLU) in float32 as Winograd's F(4x4, 3x3): two transforms written
+here around one batched matmul, 4x fewer multiply-adds than the direct
+convolution that oneDNN runs (`benchmarks/ablate_winograd.py`). Results differ
+from the direct convolution by rounding only (~1e-5 relative, tested).
+
+Exports never contain these ops (TF Serving, TFLite and ONNX runtimes do not
+have them): the BatchNorm kernels run in training only, and `winograd_conv` is
+skipped under `disabled()` and whenever an exporter traces the model
+(`keras_resnet.export`, `tf.saved_model.save`, Keras's `model.export` in every
+format, `tf.lite.TFLiteConverter`, tf2onnx; see `_tracing_for_export`).
 """
 
 import contextlib
@@ -34,7 +45,8 @@ import tempfile
 import threading
 
 _LOG = logging.getLogger("keras_resnet")
-_SOURCE = pathlib.Path(__file__).with_name("batchnorm_act.cc")
+# Compiled together into one library: the BatchNorm kernels and the Winograd transforms.
+_SOURCES = tuple(pathlib.Path(__file__).with_name(name) for name in ("batchnorm_act.cc", "winograd.cc"))
 _LOCK = threading.Lock()
 _STATE = {"module": None, "tried": False, "reason": None}
 _ENABLED = [True]
@@ -43,6 +55,15 @@ ENV_SWITCH = "KERAS_RESNET_KERNELS"
 # activations (float32 statistics and parameters either way). Not float16.
 DTYPES = ("float32", "bfloat16")
 PRECISIONS = ("float32", "mixed_bfloat16")
+# Winograd only for float32: bfloat16's 8-bit mantissa cannot carry the
+# transforms' cancellations (and oneDNN's bf16 convolutions run on AMX anyway).
+# Where the transforms cost more than the multiplies they save (a sweep over
+# ResNet layer shapes and batch 1-32, 2026-12-03): at 64 channels or fewer the
+# layer is memory-bound and Winograd is no faster (0.8-1.3x, noise either way);
+# at 128+ channels it is 1.1-1.9x faster once a batch has 64 or more 4x4 output
+# tiles, and slower (0.5-0.9x) below that, e.g. batch 1 at 7x7 or 14x14.
+WINOGRAD_MIN_CHANNELS = 128
+WINOGRAD_MIN_TILES = 64
 
 # Compiler flag sets, best first. -march=native uses this CPU's vector units
 # (the loops are written to auto-vectorise); -mno-avx512fp16 because Eigen's
@@ -76,7 +97,7 @@ def _cache_dir():
 
 def _library_path(tf):
     digest = hashlib.sha256()
-    for part in (_SOURCE.read_bytes(), tf.__version__.encode(), tf.sysconfig.get_include().encode(),
+    for part in (*(source.read_bytes() for source in _SOURCES), tf.__version__.encode(), tf.sysconfig.get_include().encode(),
                  _cpu_key().encode(), sys.version.encode()):
         digest.update(part)
     return _cache_dir() / f"batchnorm_act-{digest.hexdigest()[:16]}.so"
@@ -93,7 +114,7 @@ def _compile(tf, target):
     for flags in _FLAG_SETS:
         with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as tmp:
             scratch = tmp.name
-        command = [compiler, "-shared", "-fPIC", "-w", *flags, str(_SOURCE), "-o", scratch,
+        command = [compiler, "-shared", "-fPIC", "-w", *flags, *map(str, _SOURCES), "-o", scratch,
                    *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
         try:
             result = subprocess.run(command, capture_output=True, text=True)
@@ -216,3 +237,115 @@ def batchnorm_act(x, gamma, beta, epsilon, residual=None, relu=True):
         residual = tf.zeros([0], x.dtype)
     return module.keras_resnet_batch_norm_act(
         x, residual, gamma, beta, epsilon=float(epsilon), has_residual=has_residual, relu=bool(relu))
+
+
+# Modules that trace a model to write it for another runtime (TF Serving, TFLite /
+# LiteRT, ONNX, OpenVINO): none of them has keras_resnet's ops, so a graph traced
+# from inside one of them must not contain any.
+_EXPORTERS = ("keras.src.export", "keras_resnet.export", "tensorflow.lite", "tf2onnx",
+              "tensorflow.python.saved_model", "openvino", "ai_edge_litert")
+
+
+def _tracing_for_export():
+    """True when the current trace runs inside an exporter (`tf.saved_model.save`,
+    Keras's `model.export(format=...)`, `tf.lite.TFLiteConverter`, tf2onnx): read off
+    the Python stack, once per trace, because those paths trace the model with the
+    same `training=False` call as `predict`."""
+    try:
+        from tensorflow.python.saved_model import save_context
+
+        if save_context.in_save_context():
+            return True
+    except ImportError:  # pragma: no cover - private module moved
+        pass
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith(_EXPORTERS):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def winograd_usable(conv, x):
+    """True when `conv` applied to `x` should run as `winograd_conv` (checked at
+    trace time): a 3x3, stride-1, undilated, ungrouped "same" float32 channels-last
+    convolution with at least `WINOGRAD_MIN_CHANNELS` channels in and out, on a
+    CPU, outside exports. (The batch's tile count, `winograd_tiles`, is checked
+    by the caller, at run time when the batch size is not static.)"""
+    if not _ENABLED[0] or _tracing_for_export():
+        return False
+    import keras
+
+    if keras.backend.backend() != "tensorflow" or len(x.shape) != 4:
+        return False
+    if keras.backend.standardize_dtype(x.dtype) != "float32" or conv.compute_dtype != "float32":
+        return False
+    if (tuple(conv.kernel_size) != (3, 3) or tuple(conv.strides) != (1, 1)
+            or tuple(conv.dilation_rate) != (1, 1) or getattr(conv, "groups", 1) != 1
+            or conv.padding != "same" or conv.data_format != "channels_last"):
+        return False
+    if min(x.shape[-1] or 0, conv.filters) < WINOGRAD_MIN_CHANNELS:
+        return False
+    return _on_cpu_only() and load() is not None
+
+
+def winograd_tiles(x):
+    """The number of 4x4 output tiles of a batch `x`: a scalar tensor, or an int
+    when the shape is static."""
+    import tensorflow as tf
+
+    shape = [x.shape[i] if x.shape[i] is not None else tf.shape(x)[i] for i in range(3)]
+    return shape[0] * ((shape[1] + 3) // 4) * ((shape[2] + 3) // 4)
+
+
+# Winograd F(4x4, 3x3) filter transform G (6x3): U = G w G^T.
+_WINOGRAD_G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
+               (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
+
+
+def winograd_conv(x, kernel, bias, residual=None, relu=False):
+    """`relu(conv2d(x, kernel, stride 1, "SAME") + bias [+ residual])` in float32,
+    by Winograd.
+
+    Args:
+        x: float32 `[N, H, W, C]`.
+        kernel: float32 `[3, 3, C, K]`.
+        bias: float32 `[K]`.
+        residual: None, or float32 `[N, H, W, K]` added before the ReLU.
+        relu: apply a ReLU to the output.
+
+    Differentiable: the gradient is TensorFlow's convolution gradients (exact
+    for the convolution; the forward differs from it by rounding only). Call
+    only when `winograd_usable`.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    module = load()
+    g = np.array(_WINOGRAD_G, np.float64)
+    # U[a*6+b] = sum_ij G[a,i] G[b,j] w[i,j]: one [36, 9] x [9, C*K] matmul.
+    transform = tf.constant(np.einsum("ai,bj->abij", g, g).reshape(36, 9), tf.float32)
+
+    has_residual = residual is not None
+
+    @tf.custom_gradient
+    def conv(x, kernel, bias, residual):
+        channels, filters = tf.shape(kernel)[2], tf.shape(kernel)[3]
+        u = tf.reshape(tf.matmul(transform, tf.reshape(kernel, [9, -1])), [36, channels, filters])
+        m = tf.matmul(module.keras_resnet_winograd_input(x), u)
+        y = module.keras_resnet_winograd_output(m, bias, x, residual, has_residual=has_residual,
+                                                relu=bool(relu))
+
+        def grad(dy):
+            dz = dy * tf.cast(y > 0, dy.dtype) if relu else dy
+            dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=kernel,
+                                                out_backprop=dz, strides=[1, 1, 1, 1],
+                                                padding="SAME")
+            dk = tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=tf.shape(kernel),
+                                                 out_backprop=dz, strides=[1, 1, 1, 1],
+                                                 padding="SAME")
+            return dx, dk, tf.reduce_sum(dz, axis=[0, 1, 2]), (dz if has_residual else None)
+
+        return y, grad
+
+    return conv(x, kernel, bias, residual if has_residual else tf.zeros([0], tf.float32))
