@@ -1,7 +1,7 @@
 """Inference with Winograd F(4x4, 3x3) convolutions and without, in one run (issue 9).
 
     python benchmarks/ablate_winograd.py [--models resnet50_v1,resnet50,resnet18]
-        [--rounds 6] [--batch-size 32] [--json out.json]
+        [--rounds 6] [--batch-size 32] [--train-steps 8] [--json out.json]
 
 The same keras_resnet models (224 px, float32, `predict_on_batch`), traced two ways:
 
@@ -18,6 +18,11 @@ the probes on either side, using the model's *direct* FLOP count (so Winograd ca
 exceed 100%: it does fewer multiplies than the count). Every round times every
 variant once, in rotated order; ratios are medians of per-round ratios. Both
 variants share weights; their logits are compared.
+
+With `--train-steps N`, each model's training step (`train_on_batch`, SGD, batch
+statistics) is also timed both ways, N alternating rounds
+(`common.paired_train_steps`): in training the same layers run Winograd in the
+forward pass and for the input's gradient.
 """
 
 import argparse
@@ -30,7 +35,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_models import probes_beside  # noqa: E402
-from common import FORWARD_GMACS, forward_gflops, hardware, print_hardware, write_json  # noqa: E402
+from common import (FORWARD_GMACS, forward_gflops, hardware, paired_train_steps,  # noqa: E402
+                    print_hardware, write_json)
 from matmul_probe import make_probe  # noqa: E402
 
 
@@ -42,6 +48,8 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--probe", type=int, default=1, help="Matmul probes beside every variant (1/0).")
+    parser.add_argument("--train-steps", type=int, default=0,
+                        help="Also time N paired training steps per model (0: inference only).")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
@@ -122,7 +130,31 @@ def main(argv=None):
         print(f"| {r['name']} | {r['infer_img_s']} | {r.get('infer_pct_peak', '')} |")
     for k, v in ratios.items():
         print(f"ratio {k}: {v['median']:.3f} (per-round range {v['min']:.3f}-{v['max']:.3f})")
-    write_json(args.json, {"results": results, "ratios": ratios, "batch": args.batch_size,
+    train = {}
+    for model_name in args.models.split(",") if args.train_steps else []:
+        pair = {}
+        for variant in ("winograd", "direct"):
+            model = variants[f"{model_name} {variant}"][0]
+            model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            pair[variant] = model
+        labels = np.arange(args.batch_size) % 1000
+        pair["winograd"].train_on_batch(x, labels)  # traces the default form
+        with direct_convolutions():
+            pair["direct"].train_on_batch(x, labels)  # traced (and cached) direct
+        seconds = paired_train_steps(pair, x, labels, args.train_steps)
+        per_round = [d / w for w, d in zip(seconds["winograd"], seconds["direct"])]
+        train[model_name] = {
+            "winograd_step_s": round(statistics.median(seconds["winograd"]), 3),
+            "direct_step_s": round(statistics.median(seconds["direct"]), 3),
+            "speedup_median": round(statistics.median(per_round), 3),
+            "speedup_min": round(min(per_round), 3), "speedup_max": round(max(per_round), 3)}
+        print(f"train {model_name}: step {train[model_name]['winograd_step_s']} s Winograd, "
+              f"{train[model_name]['direct_step_s']} s direct; paired speed-up "
+              f"{train[model_name]['speedup_median']:.3f} (range {min(per_round):.3f}-"
+              f"{max(per_round):.3f})", flush=True)
+    write_json(args.json, {"results": results, "ratios": ratios, "train": train,
+                           "batch": args.batch_size,
                            "image_size": side, "rounds": args.rounds, "probes": probes,
                            "hardware": info, "command": " ".join([sys.executable] + sys.argv)})
     return results, ratios

@@ -185,7 +185,7 @@ def conv_then_batchnorm(conv, bn, x, training=None, activation=None):
     finish = activation if activation is not None else (lambda y: y)
     inference = not (bool(training) and bn.trainable)
     if not (inference and isinstance(bn, FusedBatchNormalization) and bn._foldable(x)):
-        return finish(bn(conv(x), training=training))
+        return finish(bn(conv_call(conv, x), training=training))
     if _FOLD_AT_INFERENCE[0]:
         # Also under `unfused_batchnorm()` (the export): the fold's multiplies
         # on frozen weights constant-fold, leaving Conv2D + BiasAdd.
@@ -234,12 +234,22 @@ def folded_conv_batchnorm(conv, bn, x, relu=False, residual=None):
             y = residual + y
         return tf.nn.relu(y) if relu else y
 
-    if not (_WINOGRAD[0] and kernels.winograd_usable(conv, x)
-            and (residual is None or residual.dtype == tf.float32)):
+    if residual is not None and residual.dtype != tf.float32:
+        return direct()
+    return _winograd_or_direct(conv, x, kernel, shift, residual, relu, direct)
+
+
+def _winograd_or_direct(conv, x, kernel, bias, residual, relu, direct):
+    """`kernels.winograd_conv` where it applies and pays, else `direct()`."""
+    import tensorflow as tf
+
+    from keras_resnet import kernels
+
+    if not (_WINOGRAD[0] and kernels.winograd_usable(conv, x)):
         return direct()
 
     def winograd():
-        return kernels.winograd_conv(x, kernel, shift, residual=residual, relu=relu)
+        return kernels.winograd_conv(x, kernel, bias, residual=residual, relu=relu)
 
     tiles = kernels.winograd_tiles(x)
     if isinstance(tiles, int):
@@ -247,6 +257,24 @@ def folded_conv_batchnorm(conv, bn, x, relu=False, residual=None):
     # A batch size known only at run time: small batches (serving one image)
     # are faster direct.
     return tf.cond(tiles >= kernels.WINOGRAD_MIN_TILES, winograd, direct)
+
+
+def conv_call(conv, x):
+    """`conv(x)` for a block's Conv2D, as a Winograd convolution where it applies
+    (float32 3x3 stride-1 with 128+ channels, on CPU): in training that is the
+    forward pass and the input's gradient of those layers."""
+    import tensorflow as tf
+
+    if conv.activation not in (None, keras.activations.linear) or not conv.built:
+        return conv(x)
+    bias = conv.bias if conv.use_bias else None
+
+    def direct():
+        return conv(x)
+
+    if bias is None:
+        bias = tf.zeros([conv.filters], tf.float32)
+    return _winograd_or_direct(conv, x, conv.kernel, bias, None, False, direct)
 
 
 @contextlib.contextmanager
@@ -632,7 +660,7 @@ class ResidualBlock(layers.Layer):
                 if (training and _is_relu(after) and isinstance(following, FusedBatchNormalization)
                         and following.trainable):
                     # Training: BatchNorm + ReLU as one keras_resnet kernel where it runs.
-                    y = layer(x)
+                    y = conv_call(layer, x)
                     fused = following.kernel_training_call(y, relu=True)
                     # Where the kernels cannot run, the ReLU stays the next step.
                     x = fused if fused is not None else following(y, training=training)
@@ -645,6 +673,9 @@ class ResidualBlock(layers.Layer):
                 else:
                     x = conv_then_batchnorm(layer, following, x, training)
                     i += 2
+            elif isinstance(layer, layers.Conv2D):
+                x = conv_call(layer, x)
+                i += 1
             else:
                 x = layer(x, training=training)
                 i += 1

@@ -151,8 +151,6 @@ def test_winograd_is_not_used_where_it_does_not_pay_or_apply(ops):
     narrow = kr.create_model("resnet20", input_shape=(32, 32, 3), num_classes=10)  # <= 64 channels
     assert winograd_op_count(tf.function(lambda v: narrow(v, training=False)), x) == 0
     model = small_bottleneck_net()
-    # Training (batch statistics, no fold) never takes it.
-    assert winograd_op_count(tf.function(lambda v: model(v, training=True)), x) == 0
     with kernels.disabled():
         assert winograd_op_count(tf.function(lambda v: model(v, training=False)), x) == 0
     previous = keras.config.dtype_policy()
@@ -162,6 +160,40 @@ def test_winograd_is_not_used_where_it_does_not_pay_or_apply(ops):
     finally:
         keras.config.set_dtype_policy(previous)
     assert winograd_op_count(tf.function(lambda v: bf16(v, training=False)), x) == 0
+
+
+def test_training_runs_winograd_forward_and_backward_with_direct_results(ops):
+    """In training (batch statistics) the wide 3x3 convolutions run as Winograd in
+    the forward pass and for the input's gradient; the gradients match the direct
+    convolutions'."""
+    model = small_bottleneck_net()
+    x = tf.constant(np.random.default_rng(6).uniform(0, 255, (8, 32, 32, 3)), tf.float32)
+    y = tf.constant(np.arange(8) % 10)
+    loss = keras.losses.SparseCategoricalCrossentropy()
+
+    def step(v):
+        with tf.GradientTape() as tape:
+            value = loss(y, model(v, training=True))
+        return value, tape.gradient(value, model.trainable_variables)
+
+    winograd = tf.function(step)
+    spec = tf.TensorSpec(x.shape, tf.float32)
+    graph = winograd.get_concrete_function(spec).graph
+    types = [op.type for op in graph.get_operations()]
+    assert types.count("KerasResnetWinogradInput") == 2 * 2  # 2 convs: forward + input gradient
+    with direct_convolutions():
+        direct = tf.function(step)
+        want_loss, want = direct(x)
+    got_loss, got = winograd(x)
+    np.testing.assert_allclose(got_loss.numpy(), want_loss.numpy(), rtol=1e-5)
+    # Not elementwise: the forward passes differ by rounding (~1e-5), which flips a
+    # few ReLU masks and moves BatchNorm's batch statistics, so single elements of the
+    # earlier layers' gradients differ by up to ~1e-2 of their scale (measured), as
+    # they would between any two float32 convolution algorithms. Each gradient as a
+    # whole must agree to 1e-2 in L2 norm (a wrong transform gives order 1).
+    for g, w in zip(got, want):
+        g, w = g.numpy().ravel(), w.numpy().ravel()
+        assert np.linalg.norm(g - w) <= 1e-2 * np.linalg.norm(w) + 1e-12
 
 
 def test_frozen_batchnorm_fine_tuning_trains_through_winograd(ops):

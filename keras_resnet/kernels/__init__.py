@@ -303,6 +303,23 @@ _WINOGRAD_G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
                (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
 
 
+def _winograd_forward(x, kernel, bias, residual, relu):
+    import numpy as np
+    import tensorflow as tf
+
+    module = load()
+    g = np.array(_WINOGRAD_G, np.float64)
+    # U[a*6+b] = sum_ij G[a,i] G[b,j] w[i,j]: one [36, 9] x [9, C*K] matmul.
+    transform = tf.constant(np.einsum("ai,bj->abij", g, g).reshape(36, 9), tf.float32)
+    channels, filters = tf.shape(kernel)[2], tf.shape(kernel)[3]
+    u = tf.reshape(tf.matmul(transform, tf.reshape(kernel, [9, -1])), [36, channels, filters])
+    m = tf.matmul(module.keras_resnet_winograd_input(x), u)
+    has_residual = residual is not None
+    return module.keras_resnet_winograd_output(
+        m, bias, x, residual if has_residual else tf.zeros([0], tf.float32),
+        has_residual=has_residual, relu=bool(relu))
+
+
 def winograd_conv(x, kernel, bias, residual=None, relu=False):
     """`relu(conv2d(x, kernel, stride 1, "SAME") + bias [+ residual])` in float32,
     by Winograd.
@@ -314,33 +331,25 @@ def winograd_conv(x, kernel, bias, residual=None, relu=False):
         residual: None, or float32 `[N, H, W, K]` added before the ReLU.
         relu: apply a ReLU to the output.
 
-    Differentiable: the gradient is TensorFlow's convolution gradients (exact
-    for the convolution; the forward differs from it by rounding only). Call
-    only when `winograd_usable`.
+    Differentiable: the input's gradient is a Winograd convolution as well, the
+    kernel's TensorFlow's `Conv2DBackpropFilter`; both match the direct
+    convolution's up to rounding. Call only when `winograd_usable`.
     """
-    import numpy as np
     import tensorflow as tf
-
-    module = load()
-    g = np.array(_WINOGRAD_G, np.float64)
-    # U[a*6+b] = sum_ij G[a,i] G[b,j] w[i,j]: one [36, 9] x [9, C*K] matmul.
-    transform = tf.constant(np.einsum("ai,bj->abij", g, g).reshape(36, 9), tf.float32)
 
     has_residual = residual is not None
 
     @tf.custom_gradient
     def conv(x, kernel, bias, residual):
-        channels, filters = tf.shape(kernel)[2], tf.shape(kernel)[3]
-        u = tf.reshape(tf.matmul(transform, tf.reshape(kernel, [9, -1])), [36, channels, filters])
-        m = tf.matmul(module.keras_resnet_winograd_input(x), u)
-        y = module.keras_resnet_winograd_output(m, bias, x, residual, has_residual=has_residual,
-                                                relu=bool(relu))
+        y = _winograd_forward(x, kernel, bias, residual if has_residual else None, relu)
 
         def grad(dy):
             dz = dy * tf.cast(y > 0, dy.dtype) if relu else dy
-            dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=kernel,
-                                                out_backprop=dz, strides=[1, 1, 1, 1],
-                                                padding="SAME")
+            # The input's gradient of a 3x3 stride-1 "same" convolution is itself
+            # one: dz convolved with the kernel turned 180 degrees and its
+            # channel axes swapped. So it runs as Winograd too.
+            flipped = tf.transpose(tf.reverse(kernel, axis=[0, 1]), [0, 1, 3, 2])
+            dx = _winograd_forward(dz, flipped, tf.zeros(tf.shape(kernel)[2:3], dz.dtype), None, False)
             dk = tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=tf.shape(kernel),
                                                  out_backprop=dz, strides=[1, 1, 1, 1],
                                                  padding="SAME")
