@@ -34,6 +34,9 @@ from common import forward_gflops, hardware, print_hardware, train_gflops, write
 
 # Op types grouped into what a reader asks about.
 GROUPS = [  # first match wins: backward convolutions before the forward pattern
+    ("Winograd transforms (keras_resnet)", r"KerasResnetWinograd"),
+    ("Winograd batched matmul", r"BatchMatMul"),
+    ("BatchNorm (+ add) (+ ReLU) kernels (keras_resnet)", r"KerasResnetBatchNormAct"),
     ("convolution backward (filter)", r"Conv2DBackpropFilter"),
     ("convolution backward (input)", r"Conv2DBackpropInput"),
     ("convolution forward", r"Conv2D|DepthwiseConv2dNative"),

@@ -49,9 +49,11 @@ def test_winograd_conv_matches_the_direct_convolution(ops, n, h, w, c, k, residu
     kernel = (rng.standard_normal((3, 3, c, k)) / np.sqrt(9 * c)).astype("float32")
     bias = rng.standard_normal(k).astype("float32")
     res = rng.standard_normal((n, h, w, k)).astype("float32") if residual else None
+    scale = rng.uniform(0.5, 2.0, k).astype("float32") if residual else None  # a folded BatchNorm's
     got = kernels.winograd_conv(tf.constant(x), tf.constant(kernel), tf.constant(bias),
-                                residual=None if res is None else tf.constant(res), relu=relu)
-    want = direct64(x, kernel, bias, res, relu)
+                                residual=None if res is None else tf.constant(res), relu=relu,
+                                scale=None if scale is None else tf.constant(scale))
+    want = direct64(x, kernel if scale is None else kernel.astype("float64") * scale, bias, res, relu)
     assert got.shape == want.shape
     # F(4x4, 3x3) in float32: a few float32 roundings of the transforms, ~1e-5 of the scale.
     np.testing.assert_allclose(got.numpy(), want, atol=5e-5 * np.abs(want).max(), rtol=0)
@@ -76,21 +78,27 @@ def test_winograd_conv_gradient_is_the_convolution_gradient(ops):
     kernel = tf.constant(rng.standard_normal((3, 3, 24, 20)) / 15, tf.float32)
     bias = tf.constant(rng.standard_normal(20), tf.float32)
     res = tf.constant(rng.standard_normal((2, 6, 7, 20)), tf.float32)
+    scale = tf.constant(rng.uniform(0.5, 2.0, 20), tf.float32)
     dy = tf.constant(rng.standard_normal((2, 6, 7, 20)), tf.float32)
+    sources = [x, kernel, bias, res, scale]
 
     def grads(fn):
         with tf.GradientTape() as tape:
-            tape.watch([x, kernel, bias, res])
+            tape.watch(sources)
             y = fn()
-        return [g.numpy() for g in tape.gradient(y, [x, kernel, bias, res], output_gradients=dy)]
+        return [g.numpy() for g in tape.gradient(y, sources, output_gradients=dy)]
 
-    got = grads(lambda: kernels.winograd_conv(x, kernel, bias, residual=res, relu=True))
-    want = grads(lambda: tf.nn.relu(tf.nn.conv2d(x, kernel, 1, "SAME") + bias + res))
+    got = grads(lambda: kernels.winograd_conv(x, kernel, bias, residual=res, relu=True, scale=scale))
+    want = grads(lambda: tf.nn.relu(tf.nn.conv2d(x, kernel * scale, 1, "SAME") + bias + res))
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, atol=1e-4 * np.abs(w).max(), rtol=0)
 
 
 def test_winograd_ops_reject_mismatched_shapes(ops):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"expects a \[3, 3, C, K\] kernel"):
+        ops.keras_resnet_winograd_filter(tf.zeros((5, 5, 2, 2)), tf.zeros([0]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="scale must be empty or have 2 values"):
+        ops.keras_resnet_winograd_filter(tf.zeros((3, 3, 2, 2)), tf.zeros(3))
     m = tf.zeros((36, 5, 8))
     with pytest.raises(tf.errors.InvalidArgumentError, match="5 tiles do not fit 1 images of 8x8"):
         ops.keras_resnet_winograd_output(m, tf.zeros(8), tf.zeros((1, 8, 8, 4)), tf.zeros([0]))

@@ -298,31 +298,21 @@ def winograd_tiles(x):
     return shape[0] * ((shape[1] + 3) // 4) * ((shape[2] + 3) // 4)
 
 
-# Winograd F(4x4, 3x3) filter transform G (6x3): U = G w G^T.
-_WINOGRAD_G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
-               (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
-
-
-def _winograd_forward(x, kernel, bias, residual, relu):
-    import numpy as np
+def _winograd_forward(x, kernel, bias, residual, relu, scale=None):
     import tensorflow as tf
 
     module = load()
-    g = np.array(_WINOGRAD_G, np.float64)
-    # U[a*6+b] = sum_ij G[a,i] G[b,j] w[i,j]: one [36, 9] x [9, C*K] matmul.
-    transform = tf.constant(np.einsum("ai,bj->abij", g, g).reshape(36, 9), tf.float32)
-    channels, filters = tf.shape(kernel)[2], tf.shape(kernel)[3]
-    u = tf.reshape(tf.matmul(transform, tf.reshape(kernel, [9, -1])), [36, channels, filters])
+    empty = tf.zeros([0], tf.float32)
+    u = module.keras_resnet_winograd_filter(kernel, empty if scale is None else scale)
     m = tf.matmul(module.keras_resnet_winograd_input(x), u)
     has_residual = residual is not None
     return module.keras_resnet_winograd_output(
-        m, bias, x, residual if has_residual else tf.zeros([0], tf.float32),
-        has_residual=has_residual, relu=bool(relu))
+        m, bias, x, residual if has_residual else empty, has_residual=has_residual, relu=bool(relu))
 
 
-def winograd_conv(x, kernel, bias, residual=None, relu=False):
-    """`relu(conv2d(x, kernel, stride 1, "SAME") + bias [+ residual])` in float32,
-    by Winograd.
+def winograd_conv(x, kernel, bias, residual=None, relu=False, scale=None):
+    """`relu(conv2d(x, kernel * scale, stride 1, "SAME") + bias [+ residual])` in
+    float32, by Winograd.
 
     Args:
         x: float32 `[N, H, W, C]`.
@@ -330,31 +320,41 @@ def winograd_conv(x, kernel, bias, residual=None, relu=False):
         bias: float32 `[K]`.
         residual: None, or float32 `[N, H, W, K]` added before the ReLU.
         relu: apply a ReLU to the output.
+        scale: None, or float32 `[K]` multiplying the kernel's output channels (an
+            inference BatchNorm folded in), applied inside the filter transform.
 
-    Differentiable: the input's gradient is a Winograd convolution as well, the
-    kernel's TensorFlow's `Conv2DBackpropFilter`; both match the direct
-    convolution's up to rounding. Call only when `winograd_usable`.
+    Differentiable (in every input): the input's gradient is a Winograd
+    convolution as well, the kernel's TensorFlow's `Conv2DBackpropFilter`; both
+    match the direct convolution's up to rounding. Call only when
+    `winograd_usable`.
     """
     import tensorflow as tf
 
-    has_residual = residual is not None
+    has_residual, has_scale = residual is not None, scale is not None
+    empty = tf.zeros([0], tf.float32)
 
     @tf.custom_gradient
-    def conv(x, kernel, bias, residual):
-        y = _winograd_forward(x, kernel, bias, residual if has_residual else None, relu)
+    def conv(x, kernel, bias, residual, scale):
+        y = _winograd_forward(x, kernel, bias, residual if has_residual else None, relu,
+                              scale if has_scale else None)
 
         def grad(dy):
             dz = dy * tf.cast(y > 0, dy.dtype) if relu else dy
+            folded = kernel * scale if has_scale else kernel
             # The input's gradient of a 3x3 stride-1 "same" convolution is itself
             # one: dz convolved with the kernel turned 180 degrees and its
             # channel axes swapped. So it runs as Winograd too.
-            flipped = tf.transpose(tf.reverse(kernel, axis=[0, 1]), [0, 1, 3, 2])
+            flipped = tf.transpose(tf.reverse(folded, axis=[0, 1]), [0, 1, 3, 2])
             dx = _winograd_forward(dz, flipped, tf.zeros(tf.shape(kernel)[2:3], dz.dtype), None, False)
-            dk = tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=tf.shape(kernel),
-                                                 out_backprop=dz, strides=[1, 1, 1, 1],
-                                                 padding="SAME")
-            return dx, dk, tf.reduce_sum(dz, axis=[0, 1, 2]), (dz if has_residual else None)
+            d_folded = tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=tf.shape(kernel),
+                                                       out_backprop=dz, strides=[1, 1, 1, 1],
+                                                       padding="SAME")
+            d_kernel = d_folded * scale if has_scale else d_folded
+            d_scale = tf.reduce_sum(d_folded * kernel, axis=[0, 1, 2]) if has_scale else None
+            return (dx, d_kernel, tf.reduce_sum(dz, axis=[0, 1, 2]),
+                    dz if has_residual else None, d_scale)
 
         return y, grad
 
-    return conv(x, kernel, bias, residual if has_residual else tf.zeros([0], tf.float32))
+    return conv(x, kernel, bias, residual if has_residual else empty,
+                scale if has_scale else empty)
