@@ -82,7 +82,7 @@ def main(argv=None):
         info[f"{name}_max_rel_diff"] = diff
         variants[f"{name} winograd"] = (winograd, [], [])
         variants[f"{name} direct"] = (direct, [], [])
-        key = f"{name.replace('_v1', '')}@{side}"
+        key = f"{name}@{side}"
         flops[name] = forward_gflops(key) if key in FORWARD_GMACS else None
 
     probe = make_probe("float32") if args.probe else None

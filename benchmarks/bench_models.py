@@ -152,7 +152,13 @@ class Bench:
         return round(statistics.median(shares), 1)
 
     def flops_key(self):
-        return SMALL[self.name] if self.small else ("resnet50@224" if self.size == 224 else None)
+        if self.small:
+            return SMALL[self.name]
+        if self.size != 224:
+            return None
+        # keras.applications' ResNet50 and keras_resnet's resnet50_v1 are v1 (fewer MACs).
+        v1 = self.name.endswith("resnet50_v1") or self.name.startswith("keras.applications")
+        return "resnet50_v1@224" if v1 else "resnet50@224"
 
     def result(self, precision):
         return {
