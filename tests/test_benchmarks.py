@@ -28,6 +28,11 @@ def run_script(script, *args, timeout=600):
 def test_flop_counts():
     # Training is ~3x the forward pass; FLOPs are 2x MACs.
     assert common.train_gflops("resnet50@224") == pytest.approx(6 * 4.09)
+    # v1 strides stages 3-5 in their first 1x1 conv (at 28, 14, 7 px instead of 56, 28, 14):
+    # each of those three convs does a quarter of v1.5's 56*56*256*128 MACs.
+    first_1x1_v15 = 56 * 56 * 256 * 128
+    assert common.FORWARD_GMACS["resnet50_v1@224"] == pytest.approx(
+        4.09 - 3 * 0.75 * first_1x1_v15 / 1e9, abs=0.005)
     # ResNet-9 at half width: five 3x3 layers of 18.9M MACs each, plus stem and head.
     layer = 32 * 32 * 9 * 32 * 64
     assert common.FORWARD_GMACS["resnet9_half@32"] == pytest.approx(
@@ -140,8 +145,15 @@ def test_bench_models_share_of_peak_is_paired_round_by_round():
     # 100, 100 and 300 GFLOP/s): the median of the paired shares is 49%. Unpaired it would
     # read 74% (median throughput over median probe) or 44% (against the mean probe).
     bench.train, bench.infer, bench.probe = [2.0, 4.0, 3.0], [10.0, 20.0, 15.0], [100.0, 100.0, 300.0]
+    assert bench.pct_peak("train") == pytest.approx(100 * 2.0 * 6 * 3.86 / 100, abs=0.05)
+    assert bench.pct_peak("infer") == pytest.approx(100 * 10.0 * 2 * 3.86 / 100, abs=0.05)
+    # v1 (resnet50_v1, keras.applications) at 3.86 GMACs, v1.5 (resnet50, keras-hub) at 4.09.
+    assert bench.flops_key() == "resnet50_v1@224"
+    bench.name = "keras.applications ResNet50"
+    assert bench.flops_key() == "resnet50_v1@224"
+    bench.name = "keras_resnet resnet50"
+    assert bench.flops_key() == "resnet50@224"
     assert bench.pct_peak("train") == pytest.approx(100 * 2.0 * 6 * 4.09 / 100, abs=0.05)
-    assert bench.pct_peak("infer") == pytest.approx(100 * 10.0 * 2 * 4.09 / 100, abs=0.05)
     # Each model's round gets the mean of the probes on either side of it.
     assert bench_models.probes_beside([100.0, 140.0, 180.0, 120.0]) == [120.0, 160.0, 150.0]
     assert bench_models.probes_beside([]) == []
@@ -295,3 +307,22 @@ def test_ablate_kernels_times_both_paths(tmp_path):
     assert set(report["step_ms_median"]) == {"tensorflow", "kernels"}
     assert all(len(v) == 2 and min(v) > 0 for v in report["step_seconds_rounds"].values())
     assert report["speedup_paired"] > 0 and "paired speed-up" in proc.stdout
+
+
+def test_ablate_winograd_times_both_paths_and_compares_logits(tmp_path):
+    from keras_resnet import kernels
+
+    if kernels.load() is None:
+        pytest.skip(f"keras_resnet's kernels did not build here: {kernels.unavailable_reason()}")
+    out = tmp_path / "winograd.json"
+    # resnet18 at 64 px, batch 16: its 128-channel stage (8x8, 64 tiles) runs Winograd.
+    proc = run_script("ablate_winograd.py", "--models", "resnet18", "--image-size", "64",
+                      "--batch-size", "16", "--rounds", "2", "--batches", "1", "--probe", "0",
+                      "--train-steps", "2", "--json", out)
+    report = json.loads(out.read_text())
+    assert [r["name"] for r in report["results"]] == ["resnet18 winograd", "resnet18 direct"]
+    assert all(len(r["rounds"]) == 2 and min(r["rounds"]) > 0 for r in report["results"])
+    assert report["hardware"]["resnet18_max_rel_diff"] < 1e-4
+    assert report["ratios"]["resnet18 winograd / direct"]["median"] > 0
+    assert report["train"]["resnet18"]["speedup_median"] > 0
+    assert "paired speed-up" in proc.stdout
