@@ -25,14 +25,6 @@ from keras_resnet.layers import FusedBatchNormalization, unfused_batchnorm
 from harness import sublayer, to_numpy
 
 
-@pytest.fixture(scope="module")
-def ops():
-    module = kernels.load()
-    if module is None:
-        pytest.skip(f"keras_resnet's kernels did not build here: {kernels.unavailable_reason()}")
-    return module
-
-
 def reference(x, residual, gamma, beta, epsilon, relu, dy):
     """Float64 `act(bn(x) + residual)` with batch statistics, and its gradients."""
     x, gamma, beta, dy = (tf.constant(v, tf.float64) for v in (x, gamma, beta, dy))

@@ -20,14 +20,6 @@ from keras_resnet import kernels
 from keras_resnet.layers import direct_convolutions
 
 
-@pytest.fixture(scope="module")
-def ops():
-    module = kernels.load()
-    if module is None:
-        pytest.skip(f"keras_resnet's kernels did not build here: {kernels.unavailable_reason()}")
-    return module
-
-
 def direct64(x, kernel, bias, residual, relu):
     y = tf.nn.conv2d(tf.constant(x, tf.float64), tf.constant(kernel, tf.float64), 1, "SAME")
     y = y + bias
