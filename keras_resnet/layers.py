@@ -271,13 +271,14 @@ def conv_call(conv, x):
 
     if conv.activation not in (None, keras.activations.linear) or not conv.built:
         return conv(x)
-    bias = conv.bias if conv.use_bias else None
 
     def direct():
         return conv(x)
 
-    if bias is None:
-        bias = tf.zeros([conv.filters], tf.float32)
+    # Tensors, not the Keras variables: tf.custom_gradient in eager mode rejects
+    # variables it was not handed as `variables=`.
+    bias = (tf.convert_to_tensor(conv.bias) if conv.use_bias
+            else tf.zeros([conv.filters], tf.float32))
     return _winograd_or_direct(conv, x, tf.convert_to_tensor(conv.kernel), bias, None, False, direct)
 
 

@@ -254,3 +254,64 @@ def test_other_runtimes_converters_trace_without_the_winograd_ops(ops, tmp_path)
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x})[0]
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_eager_calls_and_biased_convolutions_take_winograd(ops, monkeypatch):
+    """Called eagerly (no tf.function), on a net without BatchNorm whose convolutions
+    carry biases: the Winograd path is taken, forward and backward, with the direct
+    path's results."""
+    calls = []
+    original = kernels.winograd_conv
+    monkeypatch.setattr(kernels, "winograd_conv",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    model = small_bottleneck_net(normalization=None)
+    x = tf.constant(np.random.default_rng(7).uniform(0, 1, (8, 32, 32, 3)), tf.float32)
+
+    def run():
+        with tf.GradientTape() as tape:
+            y = model(x, training=True)
+            loss = tf.reduce_sum(y * tf.range(10, dtype=tf.float32))
+        return y.numpy(), [g.numpy() for g in tape.gradient(loss, model.trainable_variables)]
+
+    got, got_grads = run()
+    assert len(calls) == 2  # both stride-1 128-wide 3x3 convolutions
+    with direct_convolutions():
+        want, want_grads = run()
+    assert len(calls) == 2
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+    for g, w in zip(got_grads, want_grads):
+        assert np.linalg.norm(g - w) <= 1e-3 * np.linalg.norm(w) + 1e-12
+
+
+def test_training_with_a_dynamic_batch_differentiates_through_the_run_time_choice(ops):
+    model = small_bottleneck_net()
+    loss = keras.losses.SparseCategoricalCrossentropy()
+
+    def step(v, y):
+        with tf.GradientTape() as tape:
+            value = loss(y, model(v, training=True))
+        return value, tape.gradient(value, model.trainable_variables)
+
+    specs = (tf.TensorSpec((None, 32, 32, 3), tf.float32), tf.TensorSpec((None,), tf.int64))
+    winograd = tf.function(step, input_signature=specs)
+    assert winograd_op_count(winograd, *specs) >= 2  # inside tf.cond branches
+    with direct_convolutions():
+        direct = tf.function(step, input_signature=specs)
+        direct.get_concrete_function()
+    for batch in (2, 8):  # 32 tiles (direct branch), 128 tiles (Winograd branch)
+        x = tf.constant(np.random.default_rng(batch).uniform(0, 255, (batch, 32, 32, 3)), tf.float32)
+        y = tf.constant(np.arange(batch) % 10, tf.int64)
+        (got_loss, got), (want_loss, want) = winograd(x, y), direct(x, y)
+        np.testing.assert_allclose(got_loss.numpy(), want_loss.numpy(), rtol=1e-5)
+        for g, w in zip(got, want):
+            assert np.linalg.norm(g.numpy() - w.numpy()) <= 1e-2 * np.linalg.norm(w.numpy()) + 1e-12
+
+
+def test_xla_traces_tensorflow_ops_only(ops):
+    """XLA cannot compile custom ops: under jit_compile neither kernel is traced."""
+    model = small_bottleneck_net()
+    x = tf.constant(np.random.default_rng(8).uniform(0, 255, (8, 32, 32, 3)), tf.float32)
+    with direct_convolutions():
+        want = model(x, training=False).numpy()
+    got = tf.function(lambda v: model(v, training=False), jit_compile=True)(x).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)

@@ -29,7 +29,13 @@ Exports never contain these ops (TF Serving, TFLite and ONNX runtimes do not
 have them): the BatchNorm kernels run in training only, and `winograd_conv` is
 skipped under `disabled()` and whenever an exporter traces the model
 (`keras_resnet.export`, `tf.saved_model.save`, Keras's `model.export` in every
-format, `tf.lite.TFLiteConverter`, tf2onnx; see `_tracing_for_export`).
+format, `tf.lite.TFLiteConverter.from_keras_model`, tf2onnx; see
+`_tracing_for_export`). The check runs when a graph is traced, so a function
+you trace yourself *before* handing it to an exporter (e.g.
+`tf.saved_model.save(m, path, signatures=f.get_concrete_function(spec))`, or
+`TFLiteConverter.from_concrete_functions`) must be traced inside `disabled()`.
+Neither kind of op is traced under XLA (`jit_compile=True`), which cannot
+compile them.
 """
 
 import contextlib
@@ -157,7 +163,7 @@ def load():
 
                 target = _library_path(tf)
                 if not target.exists():
-                    _LOG.info("keras_resnet: compiling its fused BatchNorm CPU kernels "
+                    _LOG.info("keras_resnet: compiling its CPU kernels (fused BatchNorm, Winograd) "
                               "(once per machine, about 10 s) into %s", target)
                     reason = _compile(tf, target)
                 if reason is None:
@@ -166,7 +172,7 @@ def load():
             except Exception as exc:  # a broken toolchain must never stop training
                 module, reason = None, f"{type(exc).__name__}: {exc}"
         if module is None:
-            _LOG.warning("keras_resnet: fused BatchNorm kernels unavailable (%s); "
+            _LOG.warning("keras_resnet: its CPU kernels (fused BatchNorm, Winograd) unavailable (%s); "
                          "using TensorFlow's ops, which are slower on CPU.", reason)
         _STATE.update(module=module, tried=True, reason=reason)
         return module
@@ -183,9 +189,20 @@ def _on_cpu_only():
     return not any(tf.config.list_logical_devices(kind) for kind in ("GPU", "TPU"))
 
 
+def _in_xla_context():
+    """True while tracing for XLA (`jit_compile=True`, TPU): XLA cannot compile
+    custom ops, so TensorFlow's own ops must be traced there."""
+    try:
+        from tensorflow.python.framework import ops
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # pragma: no cover - private modules moved
+        return False
+    return control_flow_util.GraphOrParentsInXlaContext(ops.get_default_graph())
+
+
 def usable(x):
     """True when the fused kernels should run on `x` (checked at trace time)."""
-    if not _ENABLED[0]:
+    if not _ENABLED[0] or _in_xla_context():
         return False
     import keras
 
@@ -212,8 +229,9 @@ def status(precision="float32"):
 
 @contextlib.contextmanager
 def disabled():
-    """Traces everything inside with TensorFlow's own BatchNorm, add and ReLU ops
-    (A/B benchmarks, or to rule the kernels out when debugging)."""
+    """Traces everything inside with TensorFlow's own ops: BatchNorm, add and ReLU,
+    and direct convolutions instead of Winograd (A/B benchmarks, ruling the kernels
+    out when debugging, or tracing a function yourself for another runtime)."""
     previous = _ENABLED[0]
     _ENABLED[0] = False
     try:
@@ -272,7 +290,7 @@ def winograd_usable(conv, x):
     convolution with at least `WINOGRAD_MIN_CHANNELS` channels in and out, on a
     CPU, outside exports. (The batch's tile count, `winograd_tiles`, is checked
     by the caller, at run time when the batch size is not static.)"""
-    if not _ENABLED[0] or _tracing_for_export():
+    if not _ENABLED[0] or _in_xla_context() or _tracing_for_export():
         return False
     import keras
 

@@ -255,8 +255,8 @@ class WinogradOutputOp : public OpKernel {
             float* out = mm + p * kBlock;
             if (nc == kBlock) {
               for (int c = 0; c < kBlock; ++c) out[c] = in[c];
-            } else {
-              for (int c = 0; c < nc; ++c) out[c] = in[c];
+            } else {  // a channel tail: the unused lanes are zero, never stale stack
+              for (int c = 0; c < kBlock; ++c) out[c] = c < nc ? in[c] : 0.f;
             }
           }
           // A^T m A: rows of each column (6x6 -> 4x6), then columns of each row (-> 4x4).
