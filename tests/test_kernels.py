@@ -441,4 +441,4 @@ def test_failed_build_falls_back_to_tensorflow_and_says_why(tmp_path):
                         KERAS_RESNET_CACHE=str(tmp_path / "cache"))
     assert result.returncode == 0, result.stderr
     assert re.search(r"reason: the C\+\+ compiler .*no-such-compiler.* could not run", result.stdout)
-    assert len(re.findall("fused BatchNorm kernels unavailable", result.stderr)) == 1
+    assert len(re.findall(r"CPU kernels \(fused BatchNorm, Winograd\) unavailable", result.stderr)) == 1
