@@ -607,12 +607,10 @@ class ResidualBlock(layers.Layer):
         shortcut = self._apply(self.shortcut_layers, shortcut, training)
         if self._folds_last_conv_into_the_sum(pre, training):
             # relu(shortcut + conv(y) + bias): one fused oneDNN convolution.
+            # (out_relu, when present, is always a ReLU: see build().)
             y = self._apply(self.branch_layers[:-2], pre, training)
-            if _is_relu(self.out_relu):
-                return folded_conv_batchnorm(self.branch_layers[-2], self.branch_layers[-1], y,
-                                             relu=True, residual=shortcut)
-            y = folded_conv_batchnorm(self.branch_layers[-2], self.branch_layers[-1], y)
-            return self.out_relu(self.add([shortcut, y]))
+            return folded_conv_batchnorm(self.branch_layers[-2], self.branch_layers[-1], y,
+                                         relu=True, residual=shortcut)
         if self._fuses_sum_in_training(training):
             # relu(bn(conv(y)) + shortcut) and its gradient as one keras_resnet kernel each.
             y = self._apply(self.branch_layers[:-1], pre, training)
