@@ -16,7 +16,9 @@ Models (batch 32, synthetic data, the same SGD + cross-entropy compile for all):
                                   skips it)
 
 Training is `model.train_on_batch` (the compiled `train_step` that `model.fit` runs) and
-inference `model.predict_on_batch` (the compiled `predict_step`). Every model is built and
+inference `model.predict_on_batch` (the compiled `predict_step`); keras_resnet models are
+also timed through `keras_resnet.InferenceSnapshot` (BatchNorms folded and Winograd filters
+transformed once, for fixed weights), a separate column. Every model is built and
 warmed up (tracing excluded) first; then each round times every model once, in a rotated
 order, so machine noise and drift hit all models alike. Throughput is the median over
 rounds; each ratio keras_resnet / keras.applications is the median of the per-round ratios
@@ -120,6 +122,10 @@ class Bench:
         self.train_steps = train_steps * scale
         self.infer_batches = infer_batches * scale
         self.train, self.infer = [], []
+        # keras_resnet models are also timed through `InferenceSnapshot` (weights
+        # folded once, for fixed-weight inference); not keras.applications / keras-hub.
+        self.snapshot = None
+        self.infer_snapshot = []
         self.probe = []  # GFLOP/s of the matmul probes around each round (their mean)
 
     def warmup(self, steps=2):
@@ -129,6 +135,12 @@ class Bench:
             self.model.train_on_batch(self.x, self.y)
         for _ in range(steps):
             self.model.predict_on_batch(self.x)
+        if self.name.startswith("keras_resnet"):
+            from keras_resnet import InferenceSnapshot
+
+            self.snapshot = InferenceSnapshot(self.model)
+            for _ in range(steps):
+                self.snapshot(self.x).numpy()
         return time.perf_counter() - start
 
     def round(self):
@@ -141,11 +153,16 @@ class Bench:
         for _ in range(self.infer_batches):
             self.model.predict_on_batch(self.x)
         self.infer.append(self.batch * self.infer_batches / (time.perf_counter() - start))
+        if self.snapshot is not None:
+            start = time.perf_counter()
+            for _ in range(self.infer_batches):
+                self.snapshot(self.x).numpy()
+            self.infer_snapshot.append(self.batch * self.infer_batches / (time.perf_counter() - start))
 
     def pct_peak(self, kind):
         """Median over rounds of this round's throughput x FLOPs / the probe beside it."""
         key = self.flops_key()
-        if key is None or not self.probe:
+        if key is None or not self.probe or not getattr(self, kind):
             return None
         gflops = train_gflops(key) if kind == "train" else forward_gflops(key)
         shares = [100 * img_s * gflops / peak for img_s, peak in zip(getattr(self, kind), self.probe)]
@@ -172,6 +189,10 @@ class Bench:
             "probe_gflops_rounds": [round(v, 1) for v in self.probe],
             "train_pct_peak": self.pct_peak("train"),
             "infer_pct_peak": self.pct_peak("infer"),
+            "infer_snapshot_img_s": (round(statistics.median(self.infer_snapshot), 2)
+                                     if self.infer_snapshot else None),
+            "infer_snapshot_img_s_rounds": [round(v, 2) for v in self.infer_snapshot],
+            "infer_snapshot_pct_peak": self.pct_peak("infer_snapshot"),
         }
 
 
@@ -325,13 +346,20 @@ def main(argv=None):
                                              getattr(by_name[KERAS_HUB], kind))
             ratios[key], ranges[key] = median, [low, high]
 
-    print(f"\n| model | precision | image | train img/s | infer img/s |\n| --- | --- | ---: | ---: | ---: |")
+    def cell(value):
+        return "n/a" if value is None else value
+
+    print(f"\n| model | precision | image | train img/s | infer img/s | infer img/s, InferenceSnapshot |"
+          f"\n| --- | --- | ---: | ---: | ---: | ---: |")
     for r in results:
-        print(f"| {r['name']} | {r['precision']} | {r['image_size']} | {r['train_img_s']} | {r['infer_img_s']} |")
+        print(f"| {r['name']} | {r['precision']} | {r['image_size']} | {r['train_img_s']} | "
+              f"{r['infer_img_s']} | {cell(r['infer_snapshot_img_s'])} |")
     if probe:
-        print(f"\n| model | train % of the paired {probe_dtype} matmul probe | infer % |\n| --- | ---: | ---: |")
+        print(f"\n| model | train % of the paired {probe_dtype} matmul probe | infer % | infer %, "
+              f"InferenceSnapshot |\n| --- | ---: | ---: | ---: |")
         for r in results:
-            print(f"| {r['name']} | {r['train_pct_peak']} | {r['infer_pct_peak']} |")
+            print(f"| {r['name']} | {r['train_pct_peak']} | {r['infer_pct_peak']} | "
+                  f"{cell(r['infer_snapshot_pct_peak'])} |")
     print()
     for key, value in ratios.items():
         low, high = ranges[key]

@@ -123,6 +123,11 @@ def markdown(results):
             tp = _share(entry.get("train_pct_peak"), key and tr and pk and tr * train_gflops(key) / pk)
             ip = _share(entry.get("infer_pct_peak"), key and inf and pk and inf * forward_gflops(key) / pk)
             lines.append(f"| {entry['name']} | {prec} | {tr or ''} | {inf or ''} | {tp} | {ip} |")
+            snap = entry.get("infer_snapshot_img_s")
+            if snap:  # keras_resnet's fixed-weight inference (InferenceSnapshot)
+                sp = _share(entry.get("infer_snapshot_pct_peak"),
+                            key and pk and snap * forward_gflops(key) / pk)
+                lines.append(f"| {entry['name']}, InferenceSnapshot | {prec} | | {snap} | | {sp} |")
         for k, v in block.get("ratios", {}).items():
             lines.append(f"| ratio {k} | | {v} | | | |")
         if "skipped" in block:

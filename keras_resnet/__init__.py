@@ -56,3 +56,4 @@ from keras_resnet.recipes import TrainConfig, get_recipe, list_recipes  # noqa: 
 from keras_resnet.training import TrainResult, evaluate_model, train  # noqa: E402,F401
 from keras_resnet import data  # noqa: E402,F401
 from keras_resnet.export import export  # noqa: E402,F401
+from keras_resnet.inference import InferenceSnapshot  # noqa: E402,F401

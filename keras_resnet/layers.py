@@ -159,6 +159,7 @@ class FusedBatchNormalization(layers.BatchNormalization):
 _FUSED_BATCHNORM = [True]
 _FOLD_AT_INFERENCE = [True]
 _WINOGRAD = [True]
+_SNAPSHOT = [None]  # InferenceSnapshot's folded weights while it traces, else None
 
 
 def _is_relu(layer):
@@ -209,7 +210,8 @@ def folded_conv_batchnorm(conv, bn, x, relu=False, residual=None):
     where a FusedBatchNormV3 would leave the residual add and the ReLU as two
     more passes over memory. The fold is recomputed every call from the
     variables (a few multiplies per kernel weight), so it also holds while the
-    moving statistics or a frozen BatchNorm's fine-tuned convolution change.
+    moving statistics or a frozen BatchNorm's fine-tuned convolution change;
+    `keras_resnet.InferenceSnapshot` folds once instead, for fixed weights.
 
     Returns `relu(conv(x) + bias [+ residual])` (the ReLU only with `relu`). A
     float32 3x3 stride-1 convolution on CPU runs as Winograd's F(4x4, 3x3)
@@ -221,39 +223,93 @@ def folded_conv_batchnorm(conv, bn, x, relu=False, residual=None):
 
     from keras_resnet import kernels
 
-    scale = tf.cast(bn.gamma, tf.float32) * tf.math.rsqrt(
-        tf.cast(bn.moving_variance, tf.float32) + bn.epsilon)
-    shift = tf.cast(bn.beta, tf.float32) - tf.cast(bn.moving_mean, tf.float32) * scale
-    if conv.use_bias:
-        shift = shift + tf.cast(conv.bias, tf.float32) * scale
+    if _SNAPSHOT[0] is not None:
+        return _snapshot_conv_batchnorm(conv, bn, x, relu, residual, _SNAPSHOT[0])
+    scale, shift = _fold(conv, bn)
 
     def direct():
         kernel = tf.cast(tf.cast(conv.kernel, tf.float32) * scale, conv.compute_dtype)
-        y = tf.nn.bias_add(conv.convolution_op(x, kernel), tf.cast(shift, conv.compute_dtype))
-        if residual is not None:
-            y = residual + y
-        return tf.nn.relu(y) if relu else y
+        return _bias_residual_relu(conv.convolution_op(x, kernel), shift, residual, relu,
+                                   conv.compute_dtype)
 
     if residual is not None and residual.dtype != tf.float32:
         return direct()
     # Winograd takes the BatchNorm's scale inside its filter transform: no pass
     # over the weights to fold it first (profiled: the fold's Mul and a separate
     # transform were ~5% of ResNet-50's float32 inference).
-    return _winograd_or_direct(conv, x, tf.convert_to_tensor(conv.kernel), shift, residual, relu,
-                               direct, scale=scale)
+    kernel = tf.convert_to_tensor(conv.kernel)
+    return _winograd_or_direct(conv, x, lambda: kernels.winograd_conv(
+        x, kernel, shift, residual=residual, relu=relu, scale=scale), direct)
 
 
-def _winograd_or_direct(conv, x, kernel, bias, residual, relu, direct, scale=None):
-    """`kernels.winograd_conv` where it applies and pays, else `direct()`."""
+def _fold(conv, bn):
+    """`(scale, shift)`, float32 `[K]`: `bn(conv(x)) == conv(x) * scale + shift`."""
+    import tensorflow as tf
+
+    scale = tf.cast(bn.gamma, tf.float32) * tf.math.rsqrt(
+        tf.cast(bn.moving_variance, tf.float32) + bn.epsilon)
+    shift = tf.cast(bn.beta, tf.float32) - tf.cast(bn.moving_mean, tf.float32) * scale
+    if conv.use_bias:
+        shift = shift + tf.cast(conv.bias, tf.float32) * scale
+    return scale, shift
+
+
+def _bias_residual_relu(y, shift, residual, relu, dtype):
+    """`relu(y + shift [+ residual])`: the ops oneDNN fuses into the convolution."""
+    import tensorflow as tf
+
+    y = tf.nn.bias_add(y, tf.cast(shift, dtype))
+    if residual is not None:
+        y = residual + y
+    return tf.nn.relu(y) if relu else y
+
+
+def _snapshot_conv_batchnorm(conv, bn, x, relu, residual, snapshot):
+    """`folded_conv_batchnorm` from weights folded (and Winograd-transformed)
+    once, when first traced, by `InferenceSnapshot`: each call then skips the
+    fold's multiplies and the filter transform (~7% of ResNet-50's float32
+    inference on a 2-core CPU, benchmarks/profile_resnet50.py)."""
+    import tensorflow as tf
+
+    from keras_resnet import kernels
+
+    if id(conv) not in snapshot:
+        # Everything this convolution may need, read at once: a later trace (a
+        # new batch size) then uses the same weights as the first.
+        winograd_too = kernels.winograd_usable(conv, x)
+        with tf.init_scope():  # computed eagerly; the graphs capture the results
+            scale, shift = _fold(conv, bn)
+            kernel = tf.convert_to_tensor(conv.kernel)
+            snapshot[id(conv)] = {
+                "layers": (conv, bn),  # keeps the id from being reused
+                "shift": tf.identity(shift),
+                "kernel": tf.identity(tf.cast(tf.cast(kernel, tf.float32) * scale,
+                                              conv.compute_dtype)),
+                "u": kernels.winograd_filter(kernel, scale) if winograd_too else None,
+            }
+    entry = snapshot[id(conv)]
+
+    def direct():
+        return _bias_residual_relu(conv.convolution_op(x, entry["kernel"]), entry["shift"],
+                                   residual, relu, conv.compute_dtype)
+
+    def winograd():
+        return kernels.winograd_conv_transformed(x, entry["u"], entry["shift"],
+                                                 residual=residual, relu=relu)
+
+    if entry["u"] is None or (residual is not None and residual.dtype != tf.float32):
+        return direct()
+    return _winograd_or_direct(conv, x, winograd, direct)
+
+
+def _winograd_or_direct(conv, x, winograd, direct):
+    """`winograd()` (a Winograd convolution) where it applies and pays, else `direct()`."""
     import tensorflow as tf
 
     from keras_resnet import kernels
 
     if not (_WINOGRAD[0] and kernels.winograd_usable(conv, x)):
         return direct()
-
-    def winograd():
-        return kernels.winograd_conv(x, kernel, bias, residual=residual, relu=relu, scale=scale)
 
     tiles = kernels.winograd_tiles(x)
     if isinstance(tiles, int):
@@ -269,6 +325,8 @@ def conv_call(conv, x):
     forward pass and the input's gradient of those layers."""
     import tensorflow as tf
 
+    from keras_resnet import kernels
+
     if conv.activation not in (None, keras.activations.linear) or not conv.built:
         return conv(x)
 
@@ -279,7 +337,8 @@ def conv_call(conv, x):
     # variables it was not handed as `variables=`.
     bias = (tf.convert_to_tensor(conv.bias) if conv.use_bias
             else tf.zeros([conv.filters], tf.float32))
-    return _winograd_or_direct(conv, x, tf.convert_to_tensor(conv.kernel), bias, None, False, direct)
+    kernel = tf.convert_to_tensor(conv.kernel)
+    return _winograd_or_direct(conv, x, lambda: kernels.winograd_conv(x, kernel, bias), direct)
 
 
 @contextlib.contextmanager
@@ -308,6 +367,18 @@ def unfolded_inference():
         yield
     finally:
         _FOLD_AT_INFERENCE[0] = previous
+
+
+@contextlib.contextmanager
+def snapshot_weights(store):
+    """Traces inference from weights folded once into `store` (a dict, filled on
+    first use and reused by later traces): see `keras_resnet.InferenceSnapshot`."""
+    previous = _SNAPSHOT[0]
+    _SNAPSHOT[0] = store
+    try:
+        yield
+    finally:
+        _SNAPSHOT[0] = previous
 
 
 @contextlib.contextmanager

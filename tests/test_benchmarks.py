@@ -68,7 +68,8 @@ def test_suite_report_has_peak_fractions_pipeline_serving_and_time_to_accuracy(t
                                        {"name": "keras_resnet resnet50_v1", "precision": "float32",
                                         "flops_key": "resnet50@224", "train_img_s": 2.0,
                                         "infer_img_s": 10.0, "train_pct_peak": 76.4,
-                                        "infer_pct_peak": 95.6}],
+                                        "infer_pct_peak": 95.6, "infer_snapshot_img_s": 11.0,
+                                        "infer_snapshot_pct_peak": 99.2}],
                            "ratios": {"resnet50 / keras.applications train": 1.4},
                            "hardware": {"cpu_steal_fraction": 0.46}},
         "models_mixed": {"skipped": "bench_models.py exited 1"},
@@ -82,6 +83,8 @@ def test_suite_report_has_peak_fractions_pipeline_serving_and_time_to_accuracy(t
     table = suite.markdown(results)
     assert "| keras_resnet resnet50 | float32 | 2.0 | 10.0 | 49% | 82% |" in table
     assert "| keras_resnet resnet50_v1 | float32 | 2.0 | 10.0 | 76% | 96% |" in table
+    assert "| keras_resnet resnet50_v1, InferenceSnapshot | float32 | | 11.0 | | 99% |" in table
+    assert "resnet50, InferenceSnapshot" not in table  # no snapshot timing in that entry
     assert "| ratio resnet50 / keras.applications train | | 1.4 |" in table
     assert "skipped: bench_models.py exited 1" in table
     assert "models_float32: hypervisor steal during the timed rounds 46%" in table
@@ -133,6 +136,9 @@ def test_bench_models_quick_smoke(tmp_path):
     assert all(len(r["probe_gflops_rounds"]) == 1 and r["probe_gflops_rounds"][0] > 0
                for r in report["results"])
     assert [r["train_pct_peak"] is not None for r in report["results"]] == [False, False, False, True, True]
+    # keras_resnet models are also timed through InferenceSnapshot; keras.applications is not.
+    assert [r["infer_snapshot_img_s"] is not None for r in report["results"]] == [False] + [True] * 4
+    assert "InferenceSnapshot" in proc.stdout
     assert "ratio resnet50_v1 / keras.applications train" in proc.stdout
 
 

@@ -316,12 +316,35 @@ def winograd_tiles(x):
     return shape[0] * ((shape[1] + 3) // 4) * ((shape[2] + 3) // 4)
 
 
+def winograd_filter(kernel, scale=None):
+    """The transformed filter `U = G (kernel * scale) G^T`, float32 `[36, C, K]`:
+    what `winograd_conv_transformed` takes, so a fixed kernel is transformed
+    once rather than every call (`keras_resnet.InferenceSnapshot`)."""
+    import tensorflow as tf
+
+    return load().keras_resnet_winograd_filter(
+        kernel, tf.zeros([0], tf.float32) if scale is None else scale)
+
+
+def winograd_conv_transformed(x, u, bias, residual=None, relu=False):
+    """`winograd_conv` forward only, from a filter `winograd_filter` transformed
+    already. Not differentiable in `u` (inference)."""
+    import tensorflow as tf
+
+    module = load()
+    m = tf.matmul(module.keras_resnet_winograd_input(x), u)
+    has_residual = residual is not None
+    return module.keras_resnet_winograd_output(
+        m, bias, x, residual if has_residual else tf.zeros([0], tf.float32),
+        has_residual=has_residual, relu=bool(relu))
+
+
 def _winograd_forward(x, kernel, bias, residual, relu, scale=None):
     import tensorflow as tf
 
     module = load()
     empty = tf.zeros([0], tf.float32)
-    u = module.keras_resnet_winograd_filter(kernel, empty if scale is None else scale)
+    u = winograd_filter(kernel, scale)
     m = tf.matmul(module.keras_resnet_winograd_input(x), u)
     has_residual = residual is not None
     return module.keras_resnet_winograd_output(
