@@ -103,11 +103,15 @@ class FusedBatchNormalization(layers.BatchNormalization):
         self.moving_variance.assign(tf.cast(new_variance, self.moving_variance.dtype))
         return tf.cast(y, self.compute_dtype)
 
-    def kernel_training_call(self, inputs, residual=None, relu=False):
+    def kernel_training_call(self, inputs, residual=None, relu=False, input_bias=None):
         """Training-mode `act(bn(inputs) [+ residual])` as one keras_resnet kernel
         (`keras_resnet.kernels`), updating the moving statistics; None where those
         kernels cannot run (float32 or bfloat16 on CPU only), so the caller takes its
         usual path.
+
+        `input_bias` is a per-channel bias the inputs lack (a convolution's, left
+        out by `_conv_for_training_batchnorm`): the output is the same with or
+        without it, the moving mean is that of `inputs + input_bias`.
         """
         from keras_resnet import kernels
 
@@ -126,6 +130,8 @@ class FusedBatchNormalization(layers.BatchNormalization):
         count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:-1]), tf.float32)
         variance = variance * count / tf.maximum(count - 1.0, 1.0)
         decay = tf.cast(self.momentum, tf.float32)
+        if input_bias is not None:
+            mean = mean + tf.cast(input_bias, tf.float32)
         self.moving_mean.assign(tf.cast(
             tf.cast(self.moving_mean, tf.float32) * decay + mean * (1.0 - decay),
             self.moving_mean.dtype))
@@ -159,7 +165,8 @@ class FusedBatchNormalization(layers.BatchNormalization):
 _FUSED_BATCHNORM = [True]
 _FOLD_AT_INFERENCE = [True]
 _WINOGRAD = [True]
-_SNAPSHOT = [None]  # InferenceSnapshot's folded weights while it traces, else None
+_SNAPSHOT = [None]
+_DROP_BIAS = [True]  # InferenceSnapshot's folded weights while it traces, else None
 
 
 def _is_relu(layer):
@@ -185,6 +192,12 @@ def conv_then_batchnorm(conv, bn, x, training=None, activation=None):
     """
     finish = activation if activation is not None else (lambda y: y)
     inference = not (bool(training) and bn.trainable)
+    if not inference and isinstance(bn, FusedBatchNormalization):
+        y, input_bias = _conv_for_training_batchnorm(conv, bn, x)
+        fused = bn.kernel_training_call(y, input_bias=input_bias) if input_bias is not None else None
+        if fused is not None:
+            return finish(fused)
+        return finish(bn(_with_bias(y, input_bias), training=training))
     if not (inference and isinstance(bn, FusedBatchNormalization) and bn._foldable(x)):
         return finish(bn(conv_call(conv, x), training=training))
     if _FOLD_AT_INFERENCE[0]:
@@ -319,10 +332,11 @@ def _winograd_or_direct(conv, x, winograd, direct):
     return tf.cond(tiles >= kernels.WINOGRAD_MIN_TILES, winograd, direct)
 
 
-def conv_call(conv, x):
+def conv_call(conv, x, use_bias=True):
     """`conv(x)` for a block's Conv2D, as a Winograd convolution where it applies
     (float32 3x3 stride-1 with 128+ channels, on CPU): in training that is the
-    forward pass and the input's gradient of those layers."""
+    forward pass and the input's gradient of those layers. `use_bias=False`
+    leaves the conv's bias out (see `_conv_for_training_batchnorm`)."""
     import tensorflow as tf
 
     from keras_resnet import kernels
@@ -331,14 +345,55 @@ def conv_call(conv, x):
         return conv(x)
 
     def direct():
-        return conv(x)
+        if use_bias or not conv.use_bias:
+            return conv(x)
+        return conv.convolution_op(x, conv.kernel)
 
     # Tensors, not the Keras variables: tf.custom_gradient in eager mode rejects
     # variables it was not handed as `variables=`.
-    bias = (tf.convert_to_tensor(conv.bias) if conv.use_bias
+    bias = (tf.convert_to_tensor(conv.bias) if conv.use_bias and use_bias
             else tf.zeros([conv.filters], tf.float32))
     kernel = tf.convert_to_tensor(conv.kernel)
     return _winograd_or_direct(conv, x, lambda: kernels.winograd_conv(x, kernel, bias), direct)
+
+
+def _conv_for_training_batchnorm(conv, bn, x):
+    """`(y, input_bias)`: `conv(x)` for a BatchNorm that trains (batch
+    statistics) through keras_resnet's kernel, without the conv's bias, which
+    comes back as `input_bias` (for the moving mean) or is None.
+
+    The batch mean takes any per-channel constant back out, so a bias before a
+    training BatchNorm changes neither the output nor any gradient but its own,
+    which is exactly zero (and is returned as zero). Adding it anyway costs a
+    pass over the output and, in the backward pass, a reduction of the output's
+    gradient that oneDNN fuses into the filter gradient
+    (`Conv2DBackpropFilterWithBias`), which made that kernel 1.1-1.8x slower on
+    ResNet-50's 1x1 shapes (benchmarks/ablate_conv_bias.py). keras.applications'
+    layout (`resnet50_v1`, `conv_bias=True`) has such a bias on every conv.
+    """
+    import tensorflow as tf
+
+    from keras_resnet import kernels
+
+    if not (_DROP_BIAS[0] and conv.use_bias and conv.built and isinstance(bn, FusedBatchNormalization)
+            and bn.trainable and conv.activation in (None, keras.activations.linear)
+            and bn._fusable(x, None) and kernels.usable(x)):
+        return conv_call(conv, x), None
+    bias = tf.convert_to_tensor(conv.bias)
+
+    @tf.custom_gradient
+    def attach(y, bias):  # the bias's gradient: exactly zero
+        return tf.identity(y), lambda dy: (dy, tf.zeros_like(bias))
+
+    return attach(conv_call(conv, x, use_bias=False), bias), bias
+
+
+def _with_bias(y, input_bias):
+    """`y + input_bias`: a `_conv_for_training_batchnorm` output, for the paths
+    that do not take `input_bias` (the kernel declined after all)."""
+    import tensorflow as tf
+
+    return y if input_bias is None else tf.nn.bias_add(y, tf.cast(input_bias, y.dtype))
 
 
 @contextlib.contextmanager
@@ -379,6 +434,19 @@ def snapshot_weights(store):
         yield
     finally:
         _SNAPSHOT[0] = previous
+
+
+@contextlib.contextmanager
+def biased_training_convolutions():
+    """Traces training with every conv's bias added before its BatchNorm, as
+    Keras does (for A/B benchmarks and parity tests; see
+    `_conv_for_training_batchnorm`)."""
+    previous = _DROP_BIAS[0]
+    _DROP_BIAS[0] = False
+    try:
+        yield
+    finally:
+        _DROP_BIAS[0] = previous
 
 
 @contextlib.contextmanager
@@ -684,11 +752,13 @@ class ResidualBlock(layers.Layer):
                                          relu=True, residual=shortcut)
         if self._fuses_sum_in_training(training):
             # relu(bn(conv(y)) + shortcut) and its gradient as one keras_resnet kernel each.
-            y = self._apply(self.branch_layers[:-1], pre, training)
-            fused = self.branch_layers[-1].kernel_training_call(y, residual=shortcut, relu=True)
+            conv, bn = self.branch_layers[-2:]
+            y = self._apply(self.branch_layers[:-2], pre, training)
+            y, input_bias = _conv_for_training_batchnorm(conv, bn, y)
+            fused = bn.kernel_training_call(y, residual=shortcut, relu=True, input_bias=input_bias)
             if fused is not None:
                 return fused
-            y = self.branch_layers[-1](y, training=training)
+            y = bn(_with_bias(y, input_bias), training=training)
         else:
             y = self._apply(self.branch_layers, pre, training)
         if self.se is not None:
@@ -734,10 +804,11 @@ class ResidualBlock(layers.Layer):
                 if (training and _is_relu(after) and isinstance(following, FusedBatchNormalization)
                         and following.trainable):
                     # Training: BatchNorm + ReLU as one keras_resnet kernel where it runs.
-                    y = conv_call(layer, x)
-                    fused = following.kernel_training_call(y, relu=True)
+                    y, input_bias = _conv_for_training_batchnorm(layer, following, x)
+                    fused = following.kernel_training_call(y, relu=True, input_bias=input_bias)
                     # Where the kernels cannot run, the ReLU stays the next step.
-                    x = fused if fused is not None else following(y, training=training)
+                    x = (fused if fused is not None
+                         else following(_with_bias(y, input_bias), training=training))
                     i += 3 if fused is not None else 2
                     continue
                 after = steps[i + 2] if i + 2 < len(steps) else None

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 import keras_resnet as kr
 from keras_resnet import kernels
-from keras_resnet.layers import FusedBatchNormalization, unfused_batchnorm
+from keras_resnet.layers import FusedBatchNormalization, biased_training_convolutions, unfused_batchnorm
 
 from harness import sublayer, to_numpy
 
@@ -442,3 +442,53 @@ def test_failed_build_falls_back_to_tensorflow_and_says_why(tmp_path):
     assert result.returncode == 0, result.stderr
     assert re.search(r"reason: the C\+\+ compiler .*no-such-compiler.* could not run", result.stdout)
     assert len(re.findall(r"CPU kernels \(fused BatchNorm, Winograd\) unavailable", result.stderr)) == 1
+
+
+def test_conv_biases_before_training_batchnorms_are_left_out(ops):
+    """keras.applications' layout (conv_bias=True): in training, each conv's bias
+    before a BatchNorm is not computed (no BiasAdd, no bias-gradient reduction),
+    gets an exact zero gradient, and still reaches the moving mean, whose update
+    equals the one of the block traced with the biases added."""
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(0, 1, (8, 16, 16, 32)).astype("float32"))
+    blocks = {}
+    for variant in ("unbiased", "biased"):
+        keras.utils.set_random_seed(0)
+        block = kr.BottleneckBlock(filters=16, strides=2, stride_on="1x1", conv_bias=True, name="b")
+        block.build(x.shape)
+        for w in block.weights:  # biases far from zero: a dropped one would show in the mean
+            if w.path.endswith("bias"):
+                w.assign(rng.normal(0, 1, w.shape).astype("float32"))
+        blocks[variant] = block
+    blocks["biased"].set_weights(blocks["unbiased"].get_weights())
+    out, grads = {}, {}
+    for variant, block in blocks.items():
+        context = contextlib.nullcontext() if variant == "unbiased" else biased_training_convolutions()
+        with context, tf.GradientTape() as tape:
+            out[variant] = block(x, training=True)
+            loss = tf.reduce_sum(out[variant] * tf.cos(out[variant]))
+        grads[variant] = dict(zip([v.path for v in block.trainable_variables],
+                                  tape.gradient(loss, block.trainable_variables)))
+    np.testing.assert_allclose(out["unbiased"].numpy(), out["biased"].numpy(), atol=1e-5)
+    biases = [p for p in grads["unbiased"] if p.endswith("bias") and "conv" in p]
+    assert len(biases) == 4  # three branch convs and the projection
+    for path in biases:
+        assert not np.any(grads["unbiased"][path].numpy())  # exactly zero
+        assert np.abs(grads["biased"][path].numpy()).max() < 1e-3  # round-off of a true zero
+    for a, b in zip(blocks["unbiased"].non_trainable_variables, blocks["biased"].non_trainable_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
+    spec = tf.TensorSpec(x.shape, tf.float32)
+
+    def bias_ops(context):
+        @tf.function
+        def step(v):
+            with tf.GradientTape() as tape:
+                y = blocks["unbiased"](v, training=True)
+            return tape.gradient(y, blocks["unbiased"].trainable_variables)
+
+        with context:
+            types = [op.type for op in step.get_concrete_function(spec).graph.get_operations()]
+        return types.count("BiasAdd") + types.count("BiasAddGrad")
+
+    assert bias_ops(contextlib.nullcontext()) == 0
+    assert bias_ops(biased_training_convolutions()) == 8  # a BiasAdd and its gradient per conv
