@@ -20,7 +20,8 @@ import tensorflow as tf
 
 import keras_resnet as kr
 from keras_resnet import kernels
-from keras_resnet.layers import FusedBatchNormalization, biased_training_convolutions, unfused_batchnorm
+from keras_resnet.layers import (FusedBatchNormalization, biased_training_convolutions,
+                                 convolution_filter_gradients, pointwise_conv, unfused_batchnorm)
 
 from harness import sublayer, to_numpy
 
@@ -492,3 +493,34 @@ def test_conv_biases_before_training_batchnorms_are_left_out(ops):
 
     assert bias_ops(contextlib.nullcontext()) == 0
     assert bias_ops(biased_training_convolutions()) == 8  # a BiasAdd and its gradient per conv
+
+
+def test_pointwise_conv_gradients_match_tensorflow_and_use_one_matmul():
+    """`pointwise_conv` (1x1 convolutions in float32 training): same output and
+    gradients as tf.nn.conv2d, with the kernel's gradient a MatMul."""
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(0, 1, (4, 7, 9, 24)).astype("float32"))
+    kernel = tf.constant(rng.normal(0, 0.2, (1, 1, 24, 40)).astype("float32"))
+    dy = tf.constant(rng.normal(0, 1, (4, 7, 9, 40)).astype("float32"))
+
+    def grads(fn):
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel])
+            y = fn(x, kernel)
+        return [y] + tape.gradient(y, [x, kernel], output_gradients=dy)
+
+    got, want = grads(pointwise_conv), grads(lambda a, k: tf.nn.conv2d(a, k, 1, "VALID"))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-4, atol=1e-4)
+
+    model = kr.create_model("resnet50", input_shape=(32, 32, 3), num_classes=10)
+    y = np.arange(2) % 10
+    x = np.zeros((2, 32, 32, 3), "float32")
+    types = traced_op_types(model, x, y, use_kernels=True)
+    with convolution_filter_gradients():
+        reference = traced_op_types(model, x, y, use_kernels=True)
+    # resnet50's 1x1 stride-1 convs (every bottleneck's two, the stride-1 projection):
+    # their kernel gradients move from Conv2DBackpropFilter to MatMul.
+    moved = reference.count("Conv2DBackpropFilter") - types.count("Conv2DBackpropFilter")
+    assert moved == 16 * 2 + 1
+    assert types.count("MatMul") - reference.count("MatMul") == moved
