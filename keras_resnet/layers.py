@@ -382,9 +382,9 @@ def pointwise_conv(x, kernel):
     `tf.matmul(x, dy, transpose_a=True)` on `[N*H*W, C]` views, where oneDNN's
     filter-gradient kernel ran 1.0-1.8x slower on ResNet-50's 1x1 shapes
     (206 against 363 GFLOP/s at 56x56, 64 -> 256 channels, float32, Zen 5).
-    On the whole float32 training step that is worth only 1-2%
-    (benchmarks/ablate_pointwise_gradient.py: 1.020x `resnet50_v1`, 1.010x
-    `resnet50`): the other 1x1 shapes gain little.
+    On the whole float32 training step that is worth only 1-4%
+    (benchmarks/ablate_pointwise_gradient.py, two runs: 1.020x / 1.021x
+    `resnet50_v1`, 1.010x / 1.037x `resnet50`): the other 1x1 shapes gain little.
     """
     import tensorflow as tf
 
