@@ -41,7 +41,8 @@ GROUPS = [  # first match wins: backward convolutions before the forward pattern
     ("convolution backward (input)", r"Conv2DBackpropInput"),
     ("convolution forward", r"Conv2D|DepthwiseConv2dNative"),
     ("BatchNorm (forward and gradient)", r"FusedBatchNorm"),
-    ("matmul (classifier)", r"MatMul"),
+    # The classifier, and in float32 training the 1x1 convs' kernel gradients (pointwise_conv).
+    ("matmul (classifier; 1x1 kernel gradients)", r"MatMul"),
     ("ReLU and its gradient", r"Relu"),
     ("element-wise (add, mul, slice, cast, ...)", r"^(AddV2|AddN|Add|Mul|Sub|Cast|Neg|Square|Rsqrt|"
                                                   r"RealDiv|BiasAdd.*|Select.*|Maximum|Minimum|Sqrt|"
