@@ -24,10 +24,13 @@ class InferenceSnapshot:
     made; calls then reuse them. The outputs equal `model.predict`'s up to
     float rounding.
 
-    The weights are read when the snapshot is created: after training further
-    or loading other weights, call `refresh()` (or make a new snapshot), or the
-    old weights keep being used. Holds a copy of the folded weights (about 1.5x
-    the model's size for a float32 ResNet-50).
+    The weights are read when the snapshot is created, into a private copy of
+    the model (`keras.models.clone_model`): after training further or loading
+    other weights, call `refresh()` (or make a new snapshot), or the old weights
+    keep being used, all of them. Holds that copy plus the folded weights (about
+    2.5x the model's size for a float32 ResNet-50). A model `clone_model` cannot
+    copy (a subclassed model without `get_config`) is used as it is, with a
+    warning: then only the folded convolutions are frozen.
 
     Example:
 
@@ -52,13 +55,14 @@ class InferenceSnapshot:
         """Reads the model's weights again (after training or `load_weights`)."""
         import tensorflow as tf
 
+        self._frozen = _private_copy(self.model)
         self._folded = {}
         # Traced per input shape (a static batch size lets each block pick
         # Winograd or direct convolutions at trace time); all traces share `_folded`.
         self._function = tf.function(self._call)
         # One throwaway trace now, batch size unknown (so every path of every
         # block), reads the weights here rather than at the first call.
-        inputs = getattr(self.model, "inputs", None)
+        inputs = getattr(self._frozen, "inputs", None)
         if inputs and len(inputs) == 1:
             tf.function(self._call).get_concrete_function(
                 tf.TensorSpec((None,) + tuple(inputs[0].shape[1:]), inputs[0].dtype))
@@ -66,7 +70,7 @@ class InferenceSnapshot:
 
     def _call(self, x):
         with _layers.snapshot_weights(self._folded):
-            return self.model(x, training=False)
+            return self._frozen(x, training=False)
 
     def __call__(self, x):
         """The model's output for one batch `x` (a tensor or array), as a tf.Tensor."""
@@ -91,3 +95,20 @@ class InferenceSnapshot:
             raise ValueError("InferenceSnapshot.predict received no inputs (an empty array "
                              "or dataset).")
         return np.concatenate(outputs, axis=0)
+
+
+def _private_copy(model):
+    """`model` with its own copy of the weights, which training `model` cannot change."""
+    import warnings
+
+    import keras
+
+    try:
+        copy = keras.models.clone_model(model)
+    except Exception as error:  # noqa: BLE001 - any failure: fall back, and say why
+        warnings.warn(f"InferenceSnapshot could not copy the model ({type(error).__name__}: "
+                      f"{error}); it runs the model itself, so weights outside the folded "
+                      "convolutions are read at every call.", stacklevel=3)
+        return model
+    copy.set_weights(model.get_weights())
+    return copy

@@ -17,6 +17,7 @@ Glossary of shortcuts (`shortcut=`):
 """
 
 import contextlib
+import threading
 
 import keras
 from keras import layers, ops
@@ -165,9 +166,12 @@ class FusedBatchNormalization(layers.BatchNormalization):
 _FUSED_BATCHNORM = [True]
 _FOLD_AT_INFERENCE = [True]
 _WINOGRAD = [True]
-_SNAPSHOT = [None]
+# InferenceSnapshot's folded weights while it traces (else None), per thread: a
+# model traced meanwhile in another thread (a predict, an export) must not see them.
+_SNAPSHOT = threading.local()
+# A/B switches for benchmarks and tests (process-wide): see the context managers below.
 _DROP_BIAS = [True]
-_POINTWISE_MATMUL_GRADIENT = [True]  # InferenceSnapshot's folded weights while it traces, else None
+_POINTWISE_MATMUL_GRADIENT = [True]
 
 
 def _is_relu(layer):
@@ -200,7 +204,7 @@ def conv_then_batchnorm(conv, bn, x, training=None, activation=None):
             return finish(fused)
         return finish(bn(_with_bias(y, input_bias), training=training))
     if not (inference and isinstance(bn, FusedBatchNormalization) and bn._foldable(x)):
-        return finish(bn(conv_call(conv, x), training=training))
+        return finish(bn(conv_call(conv, x, training=training), training=training))
     if _FOLD_AT_INFERENCE[0]:
         # Also under `unfused_batchnorm()` (the export): the fold's multiplies
         # on frozen weights constant-fold, leaving Conv2D + BiasAdd.
@@ -237,8 +241,9 @@ def folded_conv_batchnorm(conv, bn, x, relu=False, residual=None):
 
     from keras_resnet import kernels
 
-    if _SNAPSHOT[0] is not None:
-        return _snapshot_conv_batchnorm(conv, bn, x, relu, residual, _SNAPSHOT[0])
+    snapshot = getattr(_SNAPSHOT, "store", None)
+    if snapshot is not None:
+        return _snapshot_conv_batchnorm(conv, bn, x, relu, residual, snapshot)
     scale, shift = _fold(conv, bn)
 
     def direct():
@@ -287,21 +292,22 @@ def _snapshot_conv_batchnorm(conv, bn, x, relu, residual, snapshot):
 
     from keras_resnet import kernels
 
-    if id(conv) not in snapshot:
+    key = (id(conv), id(bn))
+    if key not in snapshot:
         # Everything this convolution may need, read at once: a later trace (a
         # new batch size) then uses the same weights as the first.
         winograd_too = kernels.winograd_usable(conv, x)
         with tf.init_scope():  # computed eagerly; the graphs capture the results
             scale, shift = _fold(conv, bn)
             kernel = tf.convert_to_tensor(conv.kernel)
-            snapshot[id(conv)] = {
-                "layers": (conv, bn),  # keeps the id from being reused
+            snapshot[key] = {
+                "layers": (conv, bn),  # keeps the ids from being reused
                 "shift": tf.identity(shift),
                 "kernel": tf.identity(tf.cast(tf.cast(kernel, tf.float32) * scale,
                                               conv.compute_dtype)),
                 "u": kernels.winograd_filter(kernel, scale) if winograd_too else None,
             }
-    entry = snapshot[id(conv)]
+    entry = snapshot[key]
 
     def direct():
         return _bias_residual_relu(conv.convolution_op(x, entry["kernel"]), entry["shift"],
@@ -333,11 +339,13 @@ def _winograd_or_direct(conv, x, winograd, direct):
     return tf.cond(tiles >= kernels.WINOGRAD_MIN_TILES, winograd, direct)
 
 
-def conv_call(conv, x, use_bias=True):
+def conv_call(conv, x, use_bias=True, training=None):
     """`conv(x)` for a block's Conv2D, as a Winograd convolution where it applies
     (float32 3x3 stride-1 with 128+ channels, on CPU): in training that is the
-    forward pass and the input's gradient of those layers. `use_bias=False`
-    leaves the conv's bias out (see `_conv_for_training_batchnorm`)."""
+    forward pass and the input's gradient of those layers. In float32 training
+    on CPU a 1x1 stride-1 conv is `pointwise_conv` (its kernel gradient one
+    MatMul). `use_bias=False` leaves the conv's bias out (see
+    `_conv_for_training_batchnorm`)."""
     import tensorflow as tf
 
     from keras_resnet import kernels
@@ -346,14 +354,18 @@ def conv_call(conv, x, use_bias=True):
         return conv(x)
 
     def direct():
-        if _POINTWISE_MATMUL_GRADIENT[0] and _is_pointwise(conv, x):
-            y = pointwise_conv(x, tf.cast(conv.kernel, conv.compute_dtype))
+        # Training only: at inference the custom gradient's IdentityN would sit
+        # between the Conv2D and the BiasAdd / ReLU that oneDNN fuses into it.
+        if (training and _POINTWISE_MATMUL_GRADIENT[0] and _is_pointwise(conv, x)
+                and kernels._on_cpu_only()):
+            y = pointwise_conv(tf.cast(x, conv.compute_dtype), tf.cast(conv.kernel, conv.compute_dtype))
             if use_bias and conv.use_bias:
                 y = tf.nn.bias_add(y, tf.cast(conv.bias, y.dtype))
             return y
         if use_bias or not conv.use_bias:
             return conv(x)
-        return conv.convolution_op(x, conv.kernel)
+        return conv.convolution_op(tf.cast(x, conv.compute_dtype),
+                                   tf.cast(conv.kernel, conv.compute_dtype))
 
     # Tensors, not the Keras variables: tf.custom_gradient in eager mode rejects
     # variables it was not handed as `variables=`.
@@ -426,14 +438,14 @@ def _conv_for_training_batchnorm(conv, bn, x):
     if not (_DROP_BIAS[0] and conv.use_bias and conv.built and isinstance(bn, FusedBatchNormalization)
             and bn.trainable and conv.activation in (None, keras.activations.linear)
             and bn._fusable(x, None) and kernels.usable(x)):
-        return conv_call(conv, x), None
+        return conv_call(conv, x, training=True), None
     bias = tf.convert_to_tensor(conv.bias)
 
     @tf.custom_gradient
     def attach(y, bias):  # the bias's gradient: exactly zero
         return tf.identity(y), lambda dy: (dy, tf.zeros_like(bias))
 
-    return attach(conv_call(conv, x, use_bias=False), bias), bias
+    return attach(conv_call(conv, x, use_bias=False, training=True), bias), bias
 
 
 def _with_bias(y, input_bias):
@@ -476,12 +488,12 @@ def unfolded_inference():
 def snapshot_weights(store):
     """Traces inference from weights folded once into `store` (a dict, filled on
     first use and reused by later traces): see `keras_resnet.InferenceSnapshot`."""
-    previous = _SNAPSHOT[0]
-    _SNAPSHOT[0] = store
+    previous = getattr(_SNAPSHOT, "store", None)
+    _SNAPSHOT.store = store
     try:
         yield
     finally:
-        _SNAPSHOT[0] = previous
+        _SNAPSHOT.store = previous
 
 
 @contextlib.contextmanager
@@ -879,7 +891,7 @@ class ResidualBlock(layers.Layer):
                     x = conv_then_batchnorm(layer, following, x, training)
                     i += 2
             elif isinstance(layer, layers.Conv2D):
-                x = conv_call(layer, x)
+                x = conv_call(layer, x, training=training)
                 i += 1
             else:
                 x = layer(x, training=training)
