@@ -395,7 +395,7 @@ def pointwise_conv(x, kernel):
     filter-gradient kernel ran 1.0-1.8x slower on ResNet-50's 1x1 shapes
     (206 against 363 GFLOP/s at 56x56, 64 -> 256 channels, float32, Zen 5).
     On the whole float32 training step that is worth only 1-4%
-    (benchmarks/ablate_pointwise_gradient.py, two runs: 1.020x / 1.021x
+    (benchmarks/ablate_gradients.py --change pointwise, two runs: 1.020x / 1.021x
     `resnet50_v1`, 1.010x / 1.037x `resnet50`): the other 1x1 shapes gain little.
     """
     import tensorflow as tf
@@ -427,9 +427,11 @@ def _conv_for_training_batchnorm(conv, bn, x):
     which is exactly zero (and is returned as zero). Adding it anyway costs a
     pass over the output and, in the backward pass, a reduction of the output's
     gradient that oneDNN fuses into the filter gradient
-    (`Conv2DBackpropFilterWithBias`), which made that kernel 1.1-1.8x slower on
-    ResNet-50's 1x1 shapes (benchmarks/ablate_conv_bias.py). keras.applications'
-    layout (`resnet50_v1`, `conv_bias=True`) has such a bias on every conv.
+    (`Conv2DBackpropFilterWithBias`): 1.04-1.8x the filter gradient's time alone
+    on ResNet-50's 1x1 shapes (a one-off kernel timing, float32, Zen 5). The
+    whole `resnet50_v1` float32 training step is 1.083x faster without it
+    (benchmarks/ablate_gradients.py --change bias); keras.applications' layout
+    (`resnet50_v1`, `conv_bias=True`) has such a bias on every conv.
     """
     import tensorflow as tf
 

@@ -332,3 +332,22 @@ def test_ablate_winograd_times_both_paths_and_compares_logits(tmp_path):
     assert report["ratios"]["resnet18 winograd / direct"]["median"] > 0
     assert report["train"]["resnet18"]["speedup_median"] > 0
     assert "paired speed-up" in proc.stdout
+
+
+@pytest.mark.parametrize("change", ["bias", "pointwise"])
+def test_ablate_gradients_times_both_forms_with_equal_losses(tmp_path, change):
+    from keras_resnet import kernels
+
+    if kernels.load() is None:
+        pytest.skip(f"keras_resnet's kernels did not build here: {kernels.unavailable_reason()}")
+    out = tmp_path / "gradients.json"
+    proc = run_script("ablate_gradients.py", "--change", change, "--models", "resnet18",
+                      "--image-size", "32", "--batch-size", "4", "--rounds", "2", "--json", out)
+    report = json.loads(out.read_text())
+    r = report["results"]["resnet18"]
+    assert report["change"] == change
+    assert len(r["seconds"]["ours"]) == len(r["seconds"]["theirs"]) == 2
+    assert r["speedup_median"] > 0
+    # Both forms compute the same step: equal first losses up to float32 round-off.
+    assert abs(r["first_step_loss"]["ours"] - r["first_step_loss"]["theirs"]) < 1e-4
+    assert "speed-up" in proc.stdout
