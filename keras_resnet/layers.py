@@ -395,8 +395,8 @@ def pointwise_conv(x, kernel):
     filter-gradient kernel ran 1.0-1.8x slower on ResNet-50's 1x1 shapes
     (206 against 363 GFLOP/s at 56x56, 64 -> 256 channels, float32, Zen 5).
     On the whole float32 training step that is worth only 1-4%
-    (benchmarks/ablate_gradients.py --change pointwise, two runs: 1.020x / 1.021x
-    `resnet50_v1`, 1.010x / 1.037x `resnet50`): the other 1x1 shapes gain little.
+    (benchmarks/ablate_gradients.py --change pointwise, three runs: 1.020x to
+    1.034x `resnet50_v1`, 1.010x to 1.037x `resnet50`): the other 1x1 shapes gain little.
     """
     import tensorflow as tf
 
@@ -429,7 +429,7 @@ def _conv_for_training_batchnorm(conv, bn, x):
     gradient that oneDNN fuses into the filter gradient
     (`Conv2DBackpropFilterWithBias`): 1.04-1.8x the filter gradient's time alone
     on ResNet-50's 1x1 shapes (a one-off kernel timing, float32, Zen 5). The
-    whole `resnet50_v1` float32 training step is 1.083x faster without it
+    whole `resnet50_v1` float32 training step is 1.04-1.08x faster without it
     (benchmarks/ablate_gradients.py --change bias); keras.applications' layout
     (`resnet50_v1`, `conv_bias=True`) has such a bias on every conv.
     """
