@@ -459,18 +459,25 @@ def _with_bias(y, input_bias):
 
 
 @contextlib.contextmanager
+def _switched_off(flag):
+    """Sets a one-element flag list to False for the duration (the A/B switches below)."""
+    previous = flag[0]
+    flag[0] = False
+    try:
+        yield
+    finally:
+        flag[0] = previous
+
+
+@contextlib.contextmanager
 def unfused_batchnorm():
     """Traces `FusedBatchNormalization` as Keras's composition of ops.
 
     The export uses it before constant folding: grappler folds the
     Rsqrt/Mul/Add form into the convolutions, not a `FusedBatchNormV3` op.
     """
-    previous = _FUSED_BATCHNORM[0]
-    _FUSED_BATCHNORM[0] = False
-    try:
+    with _switched_off(_FUSED_BATCHNORM):
         yield
-    finally:
-        _FUSED_BATCHNORM[0] = previous
 
 
 @contextlib.contextmanager
@@ -478,12 +485,8 @@ def unfolded_inference():
     """Traces blocks without `folded_conv_batchnorm` (for A/B benchmarks): every
     inference BatchNorm stays a FusedBatchNormV3 after its convolution (a biased
     conv's bias moved into its moving mean), and the sum and ReLU separate ops."""
-    previous = _FOLD_AT_INFERENCE[0]
-    _FOLD_AT_INFERENCE[0] = False
-    try:
+    with _switched_off(_FOLD_AT_INFERENCE):
         yield
-    finally:
-        _FOLD_AT_INFERENCE[0] = previous
 
 
 @contextlib.contextmanager
@@ -503,36 +506,24 @@ def biased_training_convolutions():
     """Traces training with every conv's bias added before its BatchNorm, as
     Keras does (for A/B benchmarks and parity tests; see
     `_conv_for_training_batchnorm`)."""
-    previous = _DROP_BIAS[0]
-    _DROP_BIAS[0] = False
-    try:
+    with _switched_off(_DROP_BIAS):
         yield
-    finally:
-        _DROP_BIAS[0] = previous
 
 
 @contextlib.contextmanager
 def convolution_filter_gradients():
     """Traces 1x1 convolutions with TensorFlow's own filter gradient instead of
     `pointwise_conv`'s MatMul (for A/B benchmarks and parity tests)."""
-    previous = _POINTWISE_MATMUL_GRADIENT[0]
-    _POINTWISE_MATMUL_GRADIENT[0] = False
-    try:
+    with _switched_off(_POINTWISE_MATMUL_GRADIENT):
         yield
-    finally:
-        _POINTWISE_MATMUL_GRADIENT[0] = previous
 
 
 @contextlib.contextmanager
 def direct_convolutions():
     """Traces inference without Winograd convolutions (for A/B benchmarks and
     parity tests): every folded 3x3 convolution stays TensorFlow's Conv2D."""
-    previous = _WINOGRAD[0]
-    _WINOGRAD[0] = False
-    try:
+    with _switched_off(_WINOGRAD):
         yield
-    finally:
-        _WINOGRAD[0] = previous
 
 
 def batch_normalization(**kwargs):

@@ -340,15 +340,7 @@ def winograd_conv_transformed(x, u, bias, residual=None, relu=False):
 
 
 def _winograd_forward(x, kernel, bias, residual, relu, scale=None):
-    import tensorflow as tf
-
-    module = load()
-    empty = tf.zeros([0], tf.float32)
-    u = winograd_filter(kernel, scale)
-    m = tf.matmul(module.keras_resnet_winograd_input(x), u)
-    has_residual = residual is not None
-    return module.keras_resnet_winograd_output(
-        m, bias, x, residual if has_residual else empty, has_residual=has_residual, relu=bool(relu))
+    return winograd_conv_transformed(x, winograd_filter(kernel, scale), bias, residual, relu)
 
 
 def winograd_conv(x, kernel, bias, residual=None, relu=False, scale=None):
