@@ -392,8 +392,11 @@ def _resolve_fold(fold_batchnorm, model):
     if fold_batchnorm == "auto":
         import keras
 
-        return any(isinstance(l, keras.layers.BatchNormalization)
-                   for l in model._flatten_layers(include_self=False, recursive=True))
+        found = list(model._flatten_layers(include_self=False, recursive=True))
+        # Keras runs grouped convolutions (ResNeXt) as XLA functions, which the
+        # freeze + import_graph_def fold cannot re-import: export those unfolded.
+        grouped = any(isinstance(l, keras.layers.Conv2D) and l.groups > 1 for l in found)
+        return not grouped and any(isinstance(l, keras.layers.BatchNormalization) for l in found)
     if not isinstance(fold_batchnorm, bool):
         raise ValueError("`fold_batchnorm` must be True, False or 'auto'. "
                          f"Received: fold_batchnorm={fold_batchnorm!r}")

@@ -612,8 +612,8 @@ class SqueezeExcite(layers.Layer):
         hidden = max(1, int(round(channels * self.ratio)))
         common = dict(kernel_initializer=self.kernel_initializer,
                       kernel_regularizer=self.kernel_regularizer)
-        self.reduce = layers.Conv2D(hidden, 1, activation="relu", name=f"{self.name}_reduce", **common)
-        self.expand = layers.Conv2D(channels, 1, activation="sigmoid", name=f"{self.name}_expand", **common)
+        self.reduce = layers.Conv2D(hidden, 1, activation="relu", name=f"{self.name}_reduce", dtype=self.dtype_policy, **common)
+        self.expand = layers.Conv2D(channels, 1, activation="sigmoid", name=f"{self.name}_expand", dtype=self.dtype_policy, **common)
         self.reduce.build((None, 1, 1, channels))
         self.expand.build((None, 1, 1, hidden))
 
@@ -700,14 +700,15 @@ class ResidualBlock(layers.Layer):
         steps = []
         pad = kernel_size // 2
         if pad and strides > 1:
-            steps.append(layers.ZeroPadding2D(pad, name=f"{self.name}_{suffix}_pad"))
+            steps.append(layers.ZeroPadding2D(pad, name=f"{self.name}_{suffix}_pad", dtype=self.dtype_policy))
             padding = "valid"
         else:
             padding = "same"
         steps.append(layers.Conv2D(
             filters, kernel_size, strides=strides, padding=padding, groups=groups,
             use_bias=bias, kernel_initializer="zeros" if zero_kernel else self.kernel_initializer,
-            kernel_regularizer=self.kernel_regularizer, name=f"{self.name}_{suffix}_conv"))
+            kernel_regularizer=self.kernel_regularizer, name=f"{self.name}_{suffix}_conv",
+            dtype=self.dtype_policy))
         return steps
 
     def _norm(self, suffix, zero_gamma=False):
@@ -717,10 +718,10 @@ class ResidualBlock(layers.Layer):
             epsilon=self.bn_epsilon, momentum=self.bn_momentum, synchronized=self.sync_batchnorm,
             fused_inference=not self.conv_bias,
             gamma_initializer="zeros" if zero_gamma else "ones",
-            name=f"{self.name}_{suffix}_bn")]
+            name=f"{self.name}_{suffix}_bn", dtype=self.dtype_policy)]
 
     def _relu(self, suffix):
-        return [layers.Activation("relu", name=f"{self.name}_{suffix}_relu")]
+        return [layers.Activation("relu", name=f"{self.name}_{suffix}_relu", dtype=self.dtype_policy)]
 
     def _resolve_shortcut(self, in_channels):
         same_shape = in_channels == self.out_channels and self.strides == 1
@@ -753,35 +754,39 @@ class ResidualBlock(layers.Layer):
                 self.out_channels, 1, strides=self.strides,
                 use_bias=self.conv_bias or self.normalization is None,
                 kernel_initializer=self.kernel_initializer,
-                kernel_regularizer=self.kernel_regularizer, name=f"{self.name}_0_conv")]
+                kernel_regularizer=self.kernel_regularizer, name=f"{self.name}_0_conv",
+                dtype=self.dtype_policy)]
             if not self.preactivation:
                 s += self._norm("0")
         elif kind == "avg_pool":
             if self.strides > 1:
                 s += [layers.AveragePooling2D(self.strides, strides=self.strides, padding="same",
-                                              name=f"{self.name}_0_pool")]
+                                              name=f"{self.name}_0_pool", dtype=self.dtype_policy)]
             s += [layers.Conv2D(
                 self.out_channels, 1, use_bias=self.conv_bias or self.normalization is None,
                 kernel_initializer=self.kernel_initializer,
-                kernel_regularizer=self.kernel_regularizer, name=f"{self.name}_0_conv")]
+                kernel_regularizer=self.kernel_regularizer, name=f"{self.name}_0_conv",
+                dtype=self.dtype_policy)]
             if not self.preactivation:
                 s += self._norm("0")
         elif kind == "zero_pad":
-            s += [ZeroPadShortcut(self.out_channels, self.strides, name=f"{self.name}_0_pad")]
+            s += [ZeroPadShortcut(self.out_channels, self.strides, name=f"{self.name}_0_pad",
+                                  dtype=self.dtype_policy)]
         elif kind == "subsample" and self.strides > 1:
-            s += [layers.MaxPooling2D(1, strides=self.strides, name=f"{self.name}_0_pool")]
+            s += [layers.MaxPooling2D(1, strides=self.strides, name=f"{self.name}_0_pool",
+                                      dtype=self.dtype_policy)]
         self.shortcut_layers = s
 
         self.preact_layers = (self._norm("preact") + self._relu("preact")
                               if self.preactivation else [])
         self.branch_layers = self._build_branch(in_channels)
         self.se = (SqueezeExcite(self.se_ratio, self.kernel_initializer, self.kernel_regularizer,
-                                 name=f"{self.name}_se") if self.se_ratio else None)
-        self.drop_path = (DropPath(self.drop_path_rate, name=f"{self.name}_drop_path")
+                                 name=f"{self.name}_se", dtype=self.dtype_policy) if self.se_ratio else None)
+        self.drop_path = (DropPath(self.drop_path_rate, name=f"{self.name}_drop_path", dtype=self.dtype_policy)
                           if self.drop_path_rate > 0 else None)
-        self.add = layers.Add(name=f"{self.name}_add")
+        self.add = layers.Add(name=f"{self.name}_add", dtype=self.dtype_policy)
         self.out_relu = None if self.preactivation or not self.relu_after_add else layers.Activation(
-            "relu", name=f"{self.name}_out")
+            "relu", name=f"{self.name}_out", dtype=self.dtype_policy)
         # Build sub-layers now so weights exist before the first call (needed
         # to load saved weights and for model.summary to count parameters).
         shape = tuple(input_shape)
@@ -932,7 +937,7 @@ class BasicBlock(ResidualBlock):
     def _build_branch(self, in_channels):
         steps = self._conv("1", self.filters, 3, self.strides) + self._norm("1") + self._relu("1")
         if self.width_dropout:
-            steps += [layers.Dropout(self.width_dropout, name=f"{self.name}_dropout")]
+            steps += [layers.Dropout(self.width_dropout, name=f"{self.name}_dropout", dtype=self.dtype_policy)]
         steps += self._conv("2", self.filters, 3)
         steps += self._norm("2", zero_gamma=self.zero_init_last_bn)
         return steps
@@ -989,7 +994,7 @@ class PreActBasicBlock(BasicBlock):
     def _build_branch(self, in_channels):
         steps = self._conv("1", self.filters, 3, self.strides) + self._norm("1") + self._relu("1")
         if self.width_dropout:
-            steps += [layers.Dropout(self.width_dropout, name=f"{self.name}_dropout")]
+            steps += [layers.Dropout(self.width_dropout, name=f"{self.name}_dropout", dtype=self.dtype_policy)]
         # The last conv feeds the sum directly: bias only where keras.applications has one.
         steps += self._conv("2", self.filters, 3, bias=self.conv_bias or self.normalization is None,
                             zero_kernel=self.zero_init_last_bn)
