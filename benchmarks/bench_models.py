@@ -17,7 +17,7 @@ Models (batch 32, synthetic data, the same SGD + cross-entropy compile for all):
 
 Training is `model.train_on_batch` (the compiled `train_step` that `model.fit` runs) and
 inference `model.predict_on_batch` (the compiled `predict_step`); keras_resnet models are
-also timed through `keras_resnet.InferenceSnapshot` (BatchNorms folded and Winograd filters
+also timed through `keras_resnet.fold_batchnorm` (BatchNorms folded and Winograd filters
 transformed once, for fixed weights), a separate column. Every model is built and
 warmed up (tracing excluded) first; then each round times every model once, in a rotated
 order, so machine noise and drift hit all models alike. Throughput is the median over
@@ -122,7 +122,7 @@ class Bench:
         self.train_steps = train_steps * scale
         self.infer_batches = infer_batches * scale
         self.train, self.infer = [], []
-        # keras_resnet models are also timed through `InferenceSnapshot` (weights
+        # keras_resnet models are also timed through `fold_batchnorm` (weights
         # folded once, for fixed-weight inference); not keras.applications / keras-hub.
         self.snapshot = None
         self.infer_snapshot = []
@@ -136,9 +136,12 @@ class Bench:
         for _ in range(steps):
             self.model.predict_on_batch(self.x)
         if self.name.startswith("keras_resnet"):
-            from keras_resnet import InferenceSnapshot
+            import tensorflow as tf
 
-            self.snapshot = InferenceSnapshot(self.model)
+            from keras_resnet import fold_batchnorm
+
+            folded = fold_batchnorm(self.model)
+            self.snapshot = tf.function(lambda x: folded(x, training=False))
             for _ in range(steps):
                 self.snapshot(self.x).numpy()
         return time.perf_counter() - start
@@ -349,14 +352,14 @@ def main(argv=None):
     def cell(value):
         return "n/a" if value is None else value
 
-    print(f"\n| model | precision | image | train img/s | infer img/s | infer img/s, InferenceSnapshot |"
+    print(f"\n| model | precision | image | train img/s | infer img/s | infer img/s, fold_batchnorm |"
           f"\n| --- | --- | ---: | ---: | ---: | ---: |")
     for r in results:
         print(f"| {r['name']} | {r['precision']} | {r['image_size']} | {r['train_img_s']} | "
               f"{r['infer_img_s']} | {cell(r['infer_snapshot_img_s'])} |")
     if probe:
         print(f"\n| model | train % of the paired {probe_dtype} matmul probe | infer % | infer %, "
-              f"InferenceSnapshot |\n| --- | ---: | ---: | ---: |")
+              f"fold_batchnorm |\n| --- | ---: | ---: | ---: |")
         for r in results:
             print(f"| {r['name']} | {r['train_pct_peak']} | {r['infer_pct_peak']} | "
                   f"{cell(r['infer_snapshot_pct_peak'])} |")

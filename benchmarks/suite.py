@@ -124,10 +124,10 @@ def markdown(results):
             ip = _share(entry.get("infer_pct_peak"), key and inf and pk and inf * forward_gflops(key) / pk)
             lines.append(f"| {entry['name']} | {prec} | {tr or ''} | {inf or ''} | {tp} | {ip} |")
             snap = entry.get("infer_snapshot_img_s")
-            if snap:  # keras_resnet's fixed-weight inference (InferenceSnapshot)
+            if snap:  # keras_resnet's fixed-weight inference (fold_batchnorm)
                 sp = _share(entry.get("infer_snapshot_pct_peak"),
                             key and pk and snap * forward_gflops(key) / pk)
-                lines.append(f"| {entry['name']}, InferenceSnapshot | {prec} | | {snap} | | {sp} |")
+                lines.append(f"| {entry['name']}, fold_batchnorm | {prec} | | {snap} | | {sp} |")
         for k, v in block.get("ratios", {}).items():
             lines.append(f"| ratio {k} | | {v} | | | |")
         if "skipped" in block:

@@ -10,7 +10,7 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from keras_resnet.layers import (  # noqa: F401
     BasicBlock, BottleneckBlock, DropPath, FusedBatchNormalization, PreActBasicBlock, PreActBottleneckBlock,
-    ResidualBlock, ResNet9Block, SqueezeExcite, ZeroPadShortcut)
+    ResidualBlock, ResNet9Block, SqueezeExcite, ZeroPadShortcut, walk_layers)
 from keras_resnet.models import ResNet, build_resnet, build_resnet9, feature_extractor  # noqa: F401
 from keras_resnet.registry import create_model, list_models, model_config  # noqa: F401
 from keras_resnet import callbacks, finetune, optimizers  # noqa: F401
@@ -30,17 +30,43 @@ def _named(name):
     return constructor
 
 
-# Named constructors: ResNet50(...), ResNet20(...), PreActResNet18(...), WideResNet28_10(...)...
-for _n in (18, 34, 50, 101, 152, 200, 20, 32, 44, 56, 110, 1202):
-    globals()[f"ResNet{_n}"] = _named(f"resnet{_n}")
-for _n in (18, 34, 50, 101, 152, 20, 56, 110, 164, 1001):
-    globals()[f"PreActResNet{_n}"] = _named(f"preact_resnet{_n}")
-for _n in (50, 101, 152):
-    globals()[f"ResNet{_n}V1"] = _named(f"resnet{_n}_v1")
-    globals()[f"ResNet{_n}V2"] = _named(f"resnet{_n}_v2")
-for _n in (18, 34, 50, 101):
-    globals()[f"ResNet{_n}D"] = _named(f"resnet{_n}d")
-    globals()[f"SEResNet{_n}"] = _named(f"se_resnet{_n}")
+# Named constructors, one per registered model: ResNet50(...) is create_model("resnet50", ...).
+ResNet18 = _named("resnet18")
+ResNet34 = _named("resnet34")
+ResNet50 = _named("resnet50")
+ResNet101 = _named("resnet101")
+ResNet152 = _named("resnet152")
+ResNet200 = _named("resnet200")
+ResNet20 = _named("resnet20")
+ResNet32 = _named("resnet32")
+ResNet44 = _named("resnet44")
+ResNet56 = _named("resnet56")
+ResNet110 = _named("resnet110")
+ResNet1202 = _named("resnet1202")
+PreActResNet18 = _named("preact_resnet18")
+PreActResNet34 = _named("preact_resnet34")
+PreActResNet50 = _named("preact_resnet50")
+PreActResNet101 = _named("preact_resnet101")
+PreActResNet152 = _named("preact_resnet152")
+PreActResNet20 = _named("preact_resnet20")
+PreActResNet56 = _named("preact_resnet56")
+PreActResNet110 = _named("preact_resnet110")
+PreActResNet164 = _named("preact_resnet164")
+PreActResNet1001 = _named("preact_resnet1001")
+ResNet50V1 = _named("resnet50_v1")
+ResNet50V2 = _named("resnet50_v2")
+ResNet101V1 = _named("resnet101_v1")
+ResNet101V2 = _named("resnet101_v2")
+ResNet152V1 = _named("resnet152_v1")
+ResNet152V2 = _named("resnet152_v2")
+ResNet18D = _named("resnet18d")
+SEResNet18 = _named("se_resnet18")
+ResNet34D = _named("resnet34d")
+SEResNet34 = _named("se_resnet34")
+ResNet50D = _named("resnet50d")
+SEResNet50 = _named("se_resnet50")
+ResNet101D = _named("resnet101d")
+SEResNet101 = _named("se_resnet101")
 ResNet14W2 = _named("resnet14_w2")
 ResNet9 = _named("resnet9")
 ResNet9Half = _named("resnet9_half")
@@ -50,10 +76,9 @@ WideResNet28_10 = _named("wrn28_10")
 WideResNet40_4 = _named("wrn40_4")
 ResNeXt50_32x4d = _named("resnext50_32x4d")
 ResNeXt101_32x8d = _named("resnext101_32x8d")
-del _n
 
 from keras_resnet.recipes import TrainConfig, get_recipe, list_recipes  # noqa: E402,F401
 from keras_resnet.training import TrainResult, evaluate_model, train  # noqa: E402,F401
 from keras_resnet import data  # noqa: E402,F401
 from keras_resnet.export import export  # noqa: E402,F401
-from keras_resnet.inference import InferenceSnapshot  # noqa: E402,F401
+from keras_resnet.deploy import fold_batchnorm  # noqa: E402,F401

@@ -189,7 +189,7 @@ def _tfds_builder(name, data_dir):
             f"The tensorflow-datasets dataset {name!r} is not prepared: looked in {builder.data_dir!r} "
             f"(data_dir={data_dir!r}, TFDS_DATA_DIR={os.environ.get('TFDS_DATA_DIR')!r}). keras_resnet "
             "never downloads. Point `data_dir=` (CLI: --data-dir) or TFDS_DATA_DIR at a folder holding "
-            f"{_tfds_base_name(name)}/<version>/ (e.g. ../shared/tensorflow_datasets), or prepare it once "
+            f"{_tfds_base_name(name)}/<version>/, or prepare it once "
             f"with network access: tfds.builder({name!r}, data_dir=...).download_and_prepare().")
     return builder
 

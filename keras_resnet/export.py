@@ -34,7 +34,8 @@ import shutil
 import numpy as np
 import tensorflow as tf
 
-from keras_resnet import kernels
+from keras_resnet.deploy import fold_batchnorm as fold_batchnorm_model
+from keras_resnet.layers import walk_layers
 from keras_resnet.preprocessing import eval_resize, normalization_layer
 
 log = logging.getLogger(__name__)
@@ -62,16 +63,6 @@ _PAD = b"\0" * 64
 
 
 # ============================================================================ request headers
-def _portable(fn):
-    """Traces `fn`'s graphs without keras_resnet's custom CPU ops (the Winograd
-    inference convolutions), which TF Serving, TFLite and ONNX do not have."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with kernels.disabled():
-            return fn(*args, **kwargs)
-    return wrapper
-
-
 def _bytes(data, start, length):
     """Bytes [start, start + length) of a scalar string as an int64 vector."""
     return tf.cast(tf.io.decode_raw(tf.strings.substr(data, start, length), tf.uint8), tf.int64)
@@ -301,7 +292,7 @@ def _has_input_normalization(model):
     import keras
 
     return any(isinstance(layer, (keras.layers.Normalization, keras.layers.Rescaling))
-               for layer in model._flatten_layers(include_self=False))
+               for layer in walk_layers(model))
 
 
 def _outputs_probabilities(model):
@@ -341,7 +332,7 @@ def _float32_copy(model):
     """The same model computing in float32 (TFLite cannot convert mixed-precision graphs)."""
     import keras
 
-    if all(layer.dtype_policy.compute_dtype == "float32" for layer in model._flatten_layers()
+    if all(layer.dtype_policy.compute_dtype == "float32" for layer in walk_layers(model)
            if hasattr(layer, "dtype_policy")):
         return model
     config = model.get_config()
@@ -357,118 +348,16 @@ def _float32_copy(model):
     return copy
 
 
-def _grappler_fold(graph_def, fetches):
-    """Runs grappler's constant folding offline (it pushes each inference
-    BatchNorm's per-channel multiply into the preceding convolution's filter
-    once weights are constants). Device-specific rewrites (remapper, layout)
-    are left to the serving runtime."""
-    try:
-        from tensorflow.core.protobuf import config_pb2
-        from tensorflow.python.grappler import tf_optimizer
-    except ImportError:  # private API moved: export unfolded rather than fail
-        log.warning("tensorflow.python.grappler is not importable: BatchNorm is not folded.")
-        return graph_def
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.graph_util.import_graph_def(graph_def, name="")
-    meta = tf.compat.v1.train.export_meta_graph(graph_def=graph.as_graph_def(add_shapes=True), graph=graph)
-    meta.collection_def["train_op"].node_list.value.extend(fetches)
-    config = config_pb2.ConfigProto()
-    rewrite = config.graph_options.rewrite_options
-    rewrite.optimizers.extend(["pruning", "constfold", "arithmetic", "dependency", "constfold"])
-    rewrite.min_graph_nodes = -1
-    return tf_optimizer.OptimizeGraph(config, meta)
-
-
 def _resolve_fold(fold_batchnorm, model):
-    """`"auto"` freezes and constant-folds every model that has BatchNorm.
+    """`"auto"` folds every model that has BatchNorm (`keras_resnet.deploy.fold_batchnorm`)."""
+    import keras
 
-    Measured on ResNet-50 (benchmarks/bench_serving.py): float32 1.13x the
-    throughput of keras.applications' export (BatchNorm folded into the
-    convolutions, outputs equal to 2e-7); a `mixed_bfloat16` model 2.0x lower
-    latency than the unfolded float32 export (the per-call casts of the
-    float32 weights to bfloat16 are folded away, top-1 unchanged).
-    """
     if fold_batchnorm == "auto":
-        import keras
-
-        found = list(model._flatten_layers(include_self=False, recursive=True))
-        # Keras runs grouped convolutions (ResNeXt) as XLA functions, which the
-        # freeze + import_graph_def fold cannot re-import: export those unfolded.
-        grouped = any(isinstance(l, keras.layers.Conv2D) and l.groups > 1 for l in found)
-        return not grouped and any(isinstance(l, keras.layers.BatchNormalization) for l in found)
+        return any(isinstance(layer, keras.layers.BatchNormalization) for layer in walk_layers(model))
     if not isinstance(fold_batchnorm, bool):
         raise ValueError("`fold_batchnorm` must be True, False or 'auto'. "
                          f"Received: fold_batchnorm={fold_batchnorm!r}")
     return fold_batchnorm
-
-
-@_portable
-def fold_batchnorm_function(model, image_size):
-    """The model's inference as a graph with every BatchNorm folded into its
-    convolution, the folded weights kept as variables.
-
-    Keras 3 BatchNorm runs as Rsqrt/Mul/Sub/Add on variable reads, which TF's
-    grappler cannot fold at load time (variables are not constants): freeze
-    the weights to constants, constant-fold offline, then turn the folded
-    constants back into variables so the SavedModel keeps the usual
-    `variables/` layout and a small graph.
-
-    Under mixed precision Keras runs BatchNorm in float32 between casts,
-    which constant folding does not push through, so BatchNorm stays; the
-    casts of the float32 weights to the compute dtype do fold away, which
-    halved ResNet-50's batch-1 latency in bf16 (benchmarks/bench_serving.py).
-
-    Returns:
-        `(fn, variables)`: a `tf.function` float32 `[N, H, W, 3]` -> model
-        output, and the list of `tf.Variable`s it reads (track them).
-    """
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
-    spec = tf.TensorSpec((None,) + tuple(image_size) + (3,), tf.float32)
-    fn = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32),
-                     input_signature=[spec], autograph=False)
-    from keras_resnet.layers import unfused_batchnorm
-
-    with unfused_batchnorm():  # Rsqrt/Mul/Add form: constant folding pushes it into the convs
-        concrete = fn.get_concrete_function()
-    frozen = convert_variables_to_constants_v2(concrete)
-    in_name = frozen.inputs[0].name
-    out_name = frozen.outputs[0].name
-    graph_def = _grappler_fold(frozen.graph.as_graph_def(), [out_name.split(":")[0]])
-
-    weights = {}
-    for node in graph_def.node:
-        if node.op != "Const":
-            continue
-        value = tf.make_ndarray(node.attr["value"].tensor)
-        if value.dtype.kind == "f" and value.size > 16:  # weights; small shape/axis constants stay
-            weights[node.name] = value
-            dtype = node.attr["dtype"]
-            node.op = "Placeholder"
-            node.ClearField("attr")
-            node.attr["dtype"].CopyFrom(dtype)
-            node.attr["shape"].shape.CopyFrom(tf.TensorShape(value.shape).as_proto())
-    variables = [tf.Variable(v, trainable=False, name=f"folded_{i}") for i, v in enumerate(weights.values())]
-    names = list(weights)
-
-    num_outputs = int(model.output_shape[-1])
-
-    @tf.function(input_signature=[spec], autograph=False)
-    def folded(x):  # its own function: import_graph_def cannot run inside a cond branch
-        feeds = {in_name: x}
-        feeds.update({f"{n}:0": tf.convert_to_tensor(v) for n, v in zip(names, variables)})
-        return tf.graph_util.import_graph_def(graph_def, input_map=feeds, return_elements=[out_name],
-                                              name="folded")[0]
-
-    def run(x):
-        # The constant-folded graph fails on an empty batch (oneDNN's fused
-        # convolutions reject N=0: "input depth must be evenly divisible by
-        # filter depth"): answer an empty request without running it.
-        return tf.cond(tf.shape(x)[0] > 0, lambda: folded(x),
-                       lambda: tf.zeros((0, num_outputs), tf.float32))
-
-    return tf.function(run, input_signature=[spec], autograph=False), variables
 
 
 def _serving_functions(core, num_classes, image_size, crop_fraction, class_names, top_k, max_pixels,
@@ -581,7 +470,6 @@ def _check_args(model, class_names, top_k, max_pixels, crop_fraction):
         raise ValueError(f"`crop_fraction` must be None or in (0, 1]. Received: crop_fraction={crop_fraction!r}")
 
 
-@_portable
 def export_saved_model(model, export_dir, *, version=None, class_names=None, image_size=None,
                        crop_fraction=None, normalization=None, top_k=5, max_pixels=DEFAULT_MAX_PIXELS,
                        apply_softmax=None, fold_batchnorm="auto", warmup=True):
@@ -606,15 +494,22 @@ def export_saved_model(model, export_dir, *, version=None, class_names=None, ima
     model = _with_normalization(model, normalization)
     fold_batchnorm = _resolve_fold(fold_batchnorm, model)
 
-    module = tf.Module()
     if fold_batchnorm:
-        core, variables = fold_batchnorm_function(model, image_size)
-        module.folded_variables = variables
-    else:
-        module.model_variables = list(model.variables)  # tracked: saved under variables/
-        # One function for the three signatures: the graph is stored once.
-        core = tf.function(lambda images: model(images, training=False), autograph=False,
-                           input_signature=[tf.TensorSpec((None,) + image_size + (3,), tf.float32)])
+        model = fold_batchnorm_model(model)
+    module = tf.Module()
+    module.model_variables = list(model.variables)  # tracked: saved under variables/
+    num_outputs = int(model.output_shape[-1])
+
+    def forward(images):
+        # oneDNN's fused convolutions reject an empty batch ("input depth must be
+        # evenly divisible by filter depth"): answer an empty request without them.
+        return tf.cond(tf.shape(images)[0] > 0,
+                       lambda: tf.cast(model(images, training=False), tf.float32),
+                       lambda: tf.zeros((0, num_outputs), tf.float32))
+
+    # One function for the three signatures: the graph is stored once.
+    core = tf.function(forward, autograph=False,
+                       input_signature=[tf.TensorSpec((None,) + image_size + (3,), tf.float32)])
     functions = _serving_functions(core, int(model.output_shape[-1]), image_size, crop_fraction,
                                    class_names, top_k, max_pixels, softmax)
     for name, fn in functions.items():
@@ -672,7 +567,6 @@ def _with_softmax(model, softmax):
     return keras.Model(model.inputs, keras.layers.Softmax(dtype="float32")(model.outputs[0]), name=model.name)
 
 
-@_portable
 def export_tflite(model, path, *, image_size=None, quantize=None, normalization=None, apply_softmax=None):
     """TFLite file: input `images` float32 [N, H, W, 3] at the model's size, 0-255
     pixels, normalisation inside; output `probabilities` [N, C].
@@ -691,7 +585,8 @@ def export_tflite(model, path, *, image_size=None, quantize=None, normalization=
 
     image_size = _check_image_size(image_size, model)
     softmax = (not _outputs_probabilities(model)) if apply_softmax is None else bool(apply_softmax)
-    model = _with_softmax(_with_normalization(_float32_copy(model), normalization), softmax)
+    model = _with_softmax(_with_normalization(fold_batchnorm_model(_float32_copy(model)), normalization),
+                          softmax)
     # Convert from a SavedModel: converting a concrete function that captures
     # Keras 3 variables directly yields NaN outputs (seen with TF 2.21).
     with tempfile.TemporaryDirectory() as tmp:
@@ -708,7 +603,6 @@ def export_tflite(model, path, *, image_size=None, quantize=None, normalization=
     return path
 
 
-@_portable
 def export_onnx(model, path, *, image_size=None, opset=17, normalization=None, apply_softmax=None):
     """ONNX via tf2onnx: input `images` float32 [N, H, W, 3] at the model's size,
     0-255 pixels, normalisation inside; output `probabilities` [N, C].
@@ -727,7 +621,8 @@ def export_onnx(model, path, *, image_size=None, opset=17, normalization=None, a
 
     image_size = _check_image_size(image_size, model)
     softmax = (not _outputs_probabilities(model)) if apply_softmax is None else bool(apply_softmax)
-    model = _with_softmax(_with_normalization(_float32_copy(model), normalization), softmax)
+    model = _with_softmax(_with_normalization(fold_batchnorm_model(_float32_copy(model)), normalization),
+                          softmax)
     with tempfile.TemporaryDirectory() as tmp:
         _tensor_savedmodel(model, tmp, image_size)
         loaded = tf.saved_model.load(tmp)  # keep a reference: the signature needs its variables
@@ -750,7 +645,6 @@ def export_onnx(model, path, *, image_size=None, opset=17, normalization=None, a
     return path
 
 
-@_portable
 def export(model, export_dir, *, version=None, class_names=None, image_size=None, crop_fraction=None,
            normalization=None, top_k=5, max_pixels=DEFAULT_MAX_PIXELS, formats=("saved_model",),
            apply_softmax=None, fold_batchnorm="auto", warmup=True, tflite_quantize=("dynamic",)):
@@ -778,9 +672,8 @@ def export(model, export_dir, *, version=None, class_names=None, image_size=None
         formats: any of `FORMATS`.
         apply_softmax: None (auto: softmax when the model outputs logits),
             True or False.
-        fold_batchnorm: fold every BatchNorm into its convolution in the
-            SavedModel (faster: 1.13x keras.applications' export throughput
-            measured on CPU; see `fold_batchnorm_function`). `"auto"` (the
+        fold_batchnorm: export `keras_resnet.deploy.fold_batchnorm(model)`,
+            every BatchNorm that follows a convolution folded into it. `"auto"` (the
             default) folds every model with BatchNorm (mixed-precision ones
             too: their weight casts fold away); False keeps the graph as
             Keras builds it.
@@ -819,7 +712,6 @@ def export(model, export_dir, *, version=None, class_names=None, image_size=None
     return paths
 
 
-@_portable
 def export_run(run_dir, output, format="saved_model", **kwargs):
     """CLI hook (`keras-resnet export RUN_DIR --output DIR --format F`).
 

@@ -72,7 +72,7 @@ def set_trainable_stages(model, stages, freeze_batchnorm=False):
     for layer in model.layers:
         layer.trainable = stage_of(layer.name) in wanted
     if freeze_batchnorm:
-        for layer in model._flatten_layers(include_self=False, recursive=True):
+        for layer in blocks.walk_layers(model):
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False
     return [s for s in known if s in wanted]
@@ -272,11 +272,11 @@ def load_backbone(model, source, include_head=False):
     if isinstance(source, keras.Model):
         return port_weights(source, model, exclude=exclude)
     if source == "imagenet":
-        from keras_resnet.weights import _APPLICATIONS
+        from keras_resnet.models import KERAS_APPLICATIONS
 
         depth = int("".join(c for c in model.name if c.isdigit()) or 0)
         preact = any(l.name == "post_bn" for l in model.layers)
-        app_name = _APPLICATIONS.get((depth, preact))
+        app_name = KERAS_APPLICATIONS.get((depth, preact))
         if app_name is None:
             raise ValueError(f"No ImageNet weights for model {model.name!r}. Use resnet50_v1, "
                              "resnet101_v1, resnet152_v1 or their _v2 forms.")
@@ -308,12 +308,11 @@ def recalibrate_batchnorm(model, dataset, steps=50):
     Returns:
         The number of batches used.
     """
-    bns = [l for l in model._flatten_layers(include_self=False, recursive=True)
-           if isinstance(l, keras.layers.BatchNormalization)]
+    bns = [l for l in blocks.walk_layers(model) if isinstance(l, keras.layers.BatchNormalization)]
     if not bns:
         return 0
     saved = [(bn.trainable, bn.momentum) for bn in bns]
-    trainable_state = [(l, l.trainable) for l in model._flatten_layers(include_self=False, recursive=True)]
+    trainable_state = [(l, l.trainable) for l in blocks.walk_layers(model)]
     for bn in bns:
         bn.trainable = True  # frozen BN would ignore training=True
         bn.moving_mean.assign(np.zeros(bn.moving_mean.shape, "float32"))

@@ -33,6 +33,11 @@ IMAGENET_DEPTHS = {
     200: ("bottleneck", (3, 24, 36, 3)),
 }
 IMAGENET_FILTERS = (64, 128, 256, 512)
+# keras.applications constructors by (depth, preact): the layouts `imagenet_layout` reproduces.
+KERAS_APPLICATIONS = {
+    (50, False): "ResNet50", (101, False): "ResNet101", (152, False): "ResNet152",
+    (50, True): "ResNet50V2", (101, True): "ResNet101V2", (152, True): "ResNet152V2",
+}
 CIFAR_FILTERS = (16, 32, 64)
 STEMS = ("imagenet", "cifar", "deep")
 POOLINGS = ("avg", "max", None)
@@ -95,6 +100,31 @@ def imagenet_stages(depth):
     return block, stages
 
 
+def imagenet_layout(depth, preact):
+    """Stage layout and options that reproduce keras.applications ResNet/ResNetV2.
+
+    Raises:
+        ValueError: for a depth keras.applications does not publish.
+    """
+    if (depth, bool(preact)) not in KERAS_APPLICATIONS:
+        valid = sorted({d for d, _ in KERAS_APPLICATIONS})
+        raise ValueError(
+            f"`weights='imagenet'` exists only for depths {valid} (keras.applications "
+            f"ResNet and ResNetV2). Received: weights='imagenet', depth={depth!r}"
+            f"{', preact=True' if preact else ''}. Use weights=None or a weights file.")
+    counts = IMAGENET_DEPTHS[depth][1]
+    common = dict(conv_bias=True, bn_epsilon=1.001e-5)
+    if not preact:
+        stages = [dict(blocks=n, filters=f, strides=s)
+                  for n, f, s in zip(counts, (64, 128, 256, 512), (1, 2, 2, 2))]
+        return stages, dict(common, stride_on="1x1")
+    # ResNetV2 strides the *last* block of conv2..conv4, on the 3x3, with a
+    # 1x1 max-pool shortcut.
+    stages = [dict(blocks=n, filters=f, strides=s)
+              for n, f, s in zip(counts, (64, 128, 256, 512), (2, 2, 2, 1))]
+    return stages, dict(common, stride_on="3x3", downsample_block="last", shortcut="subsample")
+
+
 def _normalize_stages(stages):
     """Accepts dicts or (blocks, filters, strides) tuples; validates each."""
     if not stages:
@@ -115,7 +145,7 @@ def _normalize_stages(stages):
             raise ValueError(f"`stages[{i}]['strides']` must be 1 or 2. "
                              f"Received: strides={stage['strides']!r}")
         if "block" in stage:
-            blocks._check_choice(f"stages[{i}]['block']", stage["block"], tuple(blocks.BLOCK_TYPES))
+            blocks.check_choice(f"stages[{i}]['block']", stage["block"], tuple(blocks.BLOCK_TYPES))
         out.append(dict(stage))
     return out
 
@@ -256,13 +286,13 @@ def build_resnet(
     kernel_regularizer = _check_head_and_decay(include_top, num_classes, weight_decay, kernel_regularizer,
                                                dropout_rate, classifier_activation)
     stages = _normalize_stages(stages)
-    blocks._check_choice("block", block, tuple(blocks.BLOCK_TYPES))
-    blocks._check_choice("stem", stem, STEMS)
-    blocks._check_choice("shortcut", shortcut, blocks.SHORTCUTS)
-    blocks._check_choice("downsample_block", downsample_block, ("first", "last"))
-    blocks._check_choice("stride_on", stride_on, ("3x3", "1x1"))
-    blocks._check_choice("normalization", normalization, ("batch", None))
-    blocks._check_choice("pooling", pooling, POOLINGS)
+    blocks.check_choice("block", block, tuple(blocks.BLOCK_TYPES))
+    blocks.check_choice("stem", stem, STEMS)
+    blocks.check_choice("shortcut", shortcut, blocks.SHORTCUTS)
+    blocks.check_choice("downsample_block", downsample_block, ("first", "last"))
+    blocks.check_choice("stride_on", stride_on, ("3x3", "1x1"))
+    blocks.check_choice("normalization", normalization, ("batch", None))
+    blocks.check_choice("pooling", pooling, POOLINGS)
     for arg, value in (("drop_path_rate", drop_path_rate), ("se_ratio", se_ratio)):
         if not (_is_real(value) or (arg == "se_ratio" and value is None)):
             raise ValueError(f"`{arg}` must be a number. Received: {arg}={value!r}")
@@ -284,8 +314,7 @@ def build_resnet(
     conv_kwargs = dict(use_bias=conv_bias or normalization is None,
                        kernel_initializer=kernel_initializer,
                        kernel_regularizer=kernel_regularizer)
-    bn_kwargs = (dict(epsilon=bn_epsilon, momentum=bn_momentum, synchronized=sync_batchnorm,
-                      fused_inference=not conv_bias)
+    bn_kwargs = (dict(epsilon=bn_epsilon, momentum=bn_momentum, synchronized=sync_batchnorm)
                  if normalization == "batch" else None)
 
     # === Functional Model ===
@@ -353,8 +382,7 @@ def build_resnet(
         x = layers.GlobalMaxPooling2D(name="max_pool")(x)
 
     if input_tensor is not None and keras.backend.is_keras_tensor(input_tensor):
-        from keras.src.ops.operation_utils import get_source_inputs
-        inputs = get_source_inputs(input_tensor)
+        inputs = keras.utils.get_source_inputs(input_tensor)
         inputs = inputs[0] if len(inputs) == 1 else inputs  # a single input, like `image`
     return keras.Model(inputs, x, name=name)
 
@@ -419,7 +447,7 @@ def build_resnet9(
                                                dropout_rate, classifier_activation)
     if not _is_int(base_filters) or base_filters < 1:
         raise ValueError(f"`base_filters` must be a positive int. Received: base_filters={base_filters!r}")
-    blocks._check_choice("pooling", pooling, POOLINGS)
+    blocks.check_choice("pooling", pooling, POOLINGS)
     if not _is_real(logit_scale):
         raise ValueError(f"`logit_scale` must be a number. Received: logit_scale={logit_scale!r}")
     for side in shape[:2]:
@@ -530,13 +558,12 @@ def ResNet(input_shape, num_classes=1000, depth=None, *, stages=None, block=None
     if stem is None:
         known = [d for d in shape[:2] if d is not None]
         stem = "cifar" if known and max(known) <= CIFAR_MAX_SIDE else "imagenet"
-    blocks._check_choice("stem", stem, STEMS)
+    blocks.check_choice("stem", stem, STEMS)
     if not _is_int(width) or width < 1:
         raise ValueError(f"`width` must be a positive int. Received: width={width!r}")
     if block is not None:
-        blocks._check_choice("block", block, ("basic", "bottleneck"))
+        blocks.check_choice("block", block, ("basic", "bottleneck"))
     if weights == "imagenet":
-        from keras_resnet.weights import imagenet_layout
         depth = 50 if depth is None else depth
         layout_stages, layout = imagenet_layout(depth, preact)
         conflicts = {k: v for k, v in options.items() if k in layout and layout[k] != v}

@@ -10,7 +10,7 @@ import keras
 
 # Per-channel mean and std on a 0-255 scale.
 NORMALIZATION_STATS = {
-    # Computed on the CIFAR-10 train split (matches ../shared/README.md).
+    # Computed on the 50,000 CIFAR-10 training images.
     "cifar10": ((125.307, 122.950, 113.865), (62.993, 62.089, 66.705)),
     "cifar100": ((129.304, 124.070, 112.434), (68.170, 65.392, 70.418)),
     # The torchvision/timm ImageNet constants.

@@ -23,8 +23,7 @@ generic builder (the timm pattern). Glossary:
     resnext{50_32x4d,101_32x8d}    ResNeXt (Xie et al. 2017).
 """
 
-from keras_resnet.weights import imagenet_layout
-from keras_resnet.models import ResNet, build_resnet9
+from keras_resnet.models import ResNet, build_resnet9, imagenet_layout
 
 CIFAR_INPUT = dict(input_shape=(32, 32, 3), num_classes=10)
 IMAGENET_INPUT = dict(input_shape=(224, 224, 3), num_classes=1000)

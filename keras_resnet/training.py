@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_resnet import callbacks as kr_callbacks
-from keras_resnet import distribute, kernels, optimizers
+from keras_resnet import distribute, optimizers
 from keras_resnet.hostinfo import StealMeter, steal_warning
 from keras_resnet.recipes import TrainConfig, get_recipe
 from keras_resnet.registry import create_model
@@ -87,7 +87,6 @@ def _environment(strategy_name, strategy, precision):
         "precision": precision, "bf16_cpu": distribute.cpu_supports_bf16(),
         "onednn": distribute.onednn_enabled(),
         "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
-        "fused_batchnorm_kernels": kernels.status(precision),
     }
 
 
@@ -140,15 +139,24 @@ def _validate(config):
 
 
 def evaluate_model(model, eval_ds, tta_flip=False):
-    """Top-1 accuracy and loss-free metrics on `eval_ds`, optionally with flip TTA."""
+    """Top-1 accuracy on `eval_ds`, and with flip TTA when asked, computed by
+    `keras_resnet.deploy.fold_batchnorm(model)` (the same outputs to float
+    rounding, and what an export serves)."""
+    from keras_resnet.deploy import fold_batchnorm
+
+    inference = fold_batchnorm(model)
+
+    def forward(images):  # eager: tracing a graph costs more than it saves on one pass
+        return inference(images, training=False)
+
     correct = correct_tta = total = 0
     for images, labels in eval_ds:
-        probs = model(images, training=False)
+        probs = forward(images)
         y = np.argmax(labels, -1) if labels.shape.rank == 2 else labels.numpy()
         p = np.asarray(probs, dtype=np.float32)
         correct += int(np.sum(np.argmax(p, -1) == y))
         if tta_flip:
-            p2 = np.asarray(model(tf.image.flip_left_right(images), training=False), dtype=np.float32)
+            p2 = np.asarray(forward(tf.image.flip_left_right(images)), dtype=np.float32)
             correct_tta += int(np.sum(np.argmax(p + p2, -1) == y))
         total += len(y)
     metrics = {"test_accuracy": correct / max(total, 1), "test_examples": total}

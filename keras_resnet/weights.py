@@ -10,51 +10,14 @@ import os
 import keras
 
 from keras_resnet import layers as blocks
+from keras_resnet.models import KERAS_APPLICATIONS, ResNet, imagenet_layout
 
-# keras.applications constructors by (depth, preact).
-_APPLICATIONS = {
-    (50, False): "ResNet50", (101, False): "ResNet101", (152, False): "ResNet152",
-    (50, True): "ResNet50V2", (101, True): "ResNet101V2", (152, True): "ResNet152V2",
-}
-_V2_STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
-
-
-def imagenet_layout(depth, preact):
-    """Stage layout and options that reproduce keras.applications ResNet/ResNetV2.
-
-    Raises:
-        ValueError: for a depth keras.applications does not publish.
-    """
-    if (depth, bool(preact)) not in _APPLICATIONS:
-        valid = sorted({d for d, _ in _APPLICATIONS})
-        raise ValueError(
-            f"`weights='imagenet'` exists only for depths {valid} (keras.applications "
-            f"ResNet and ResNetV2). Received: weights='imagenet', depth={depth!r}"
-            f"{', preact=True' if preact else ''}. Use weights=None or a weights file.")
-    counts = _V2_STAGE_BLOCKS[depth]
-    common = dict(conv_bias=True, bn_epsilon=1.001e-5)
-    if not preact:
-        stages = [dict(blocks=n, filters=f, strides=s)
-                  for n, f, s in zip(counts, (64, 128, 256, 512), (1, 2, 2, 2))]
-        return stages, dict(common, stride_on="1x1")
-    # ResNetV2 strides the *last* block of conv2..conv4, on the 3x3, with a
-    # 1x1 max-pool shortcut.
-    stages = [dict(blocks=n, filters=f, strides=s)
-              for n, f, s in zip(counts, (64, 128, 256, 512), (2, 2, 2, 1))]
-    return stages, dict(common, stride_on="3x3", downsample_block="last", shortcut="subsample")
 
 
 def _weighted_sublayers(model):
     """Maps every weighted leaf layer name to the layer, looking inside blocks."""
-    found = {}
-    for layer in model.layers:
-        if isinstance(layer, blocks.ResidualBlock):
-            for sub in layer._flatten_layers(include_self=False, recursive=True):
-                if sub.weights:
-                    found[sub.name] = sub
-        elif layer.weights:
-            found[layer.name] = layer
-    return found
+    return {layer.name: layer for layer in blocks.walk_layers(model)
+            if layer.weights and not isinstance(layer, blocks.ResidualBlock)}
 
 
 def port_weights(source, target, skip_mismatched_head=True, strict=False, exclude=()):
@@ -105,7 +68,8 @@ def port_weights(source, target, skip_mismatched_head=True, strict=False, exclud
         # Containers (an SE layer) count as filled when all their leaves are.
         filled = set(ported)
         for name, layer in targets.items():
-            leaves = [l.name for l in layer._flatten_layers(include_self=False) if l.weights]
+            leaves = [l.name for l in vars(layer).values()
+                      if isinstance(l, keras.layers.Layer) and l.weights]
             if leaves and all(leaf in filled for leaf in leaves):
                 filled.add(name)
         missing = [name for name in targets
@@ -128,14 +92,12 @@ def from_keras_applications(app_model, input_shape=None, num_classes=None, **opt
             initialised head when different).
         **options: Extra `keras_resnet.ResNet` options (e.g. `preprocessing`).
     """
-    from keras_resnet.models import ResNet
-
-    by_name = {v.lower(): k for k, v in _APPLICATIONS.items()}
+    by_name = {v.lower(): k for k, v in KERAS_APPLICATIONS.items()}
     key = by_name.get(app_model.name.lower())
     if key is None:
         raise ValueError(
             f"Unsupported model. Received: app_model.name={app_model.name!r}. Supported: "
-            f"{sorted(_APPLICATIONS.values())} from keras.applications.")
+            f"{sorted(KERAS_APPLICATIONS.values())} from keras.applications.")
     depth, preact = key
     has_top = any(layer.name == "predictions" for layer in app_model.layers)
     if num_classes is None:
@@ -168,7 +130,7 @@ def load_weights(model, weights, depth=None, preact=False):
         ValueError: for a missing file or an unsupported value, naming it.
     """
     if weights == "imagenet":
-        app_name = _APPLICATIONS[(depth, bool(preact))]
+        app_name = KERAS_APPLICATIONS[(depth, bool(preact))]
         include_top = any(layer.name == "predictions" for layer in model.layers)
         app = getattr(keras.applications, app_name)(
             weights="imagenet", include_top=include_top and model.output_shape[-1] == 1000)

@@ -31,18 +31,6 @@ def cifar10_dir():
     return path
 
 
-@pytest.fixture(scope="module")
-def ops():
-    """keras_resnet's compiled CPU ops (BatchNorm and Winograd kernels); skips the
-    test with the reason when they did not build here (no g++, not Linux)."""
-    from keras_resnet import kernels
-
-    module = kernels.load()
-    if module is None:
-        pytest.skip(f"keras_resnet's kernels did not build here: {kernels.unavailable_reason()}")
-    return module
-
-
 @pytest.fixture(autouse=True)
 def _fresh_keras_state():
     """Every test starts from the same seed, float32 policy and a clean session."""

@@ -50,6 +50,7 @@ def _record(root, name, model, seconds, acc, tta):
                                                   "test_accuracy": acc, "test_accuracy_flip_tta": tta}))
 
 
+@pytest.mark.slow
 def test_suite_report_has_peak_fractions_pipeline_serving_and_time_to_accuracy(tmp_path):
     _record(tmp_path, "run_a", "resnet9_half", 983.0, 0.9208, 0.928)
     (tmp_path / "not_a_run").mkdir()
@@ -83,8 +84,8 @@ def test_suite_report_has_peak_fractions_pipeline_serving_and_time_to_accuracy(t
     table = suite.markdown(results)
     assert "| keras_resnet resnet50 | float32 | 2.0 | 10.0 | 49% | 82% |" in table
     assert "| keras_resnet resnet50_v1 | float32 | 2.0 | 10.0 | 76% | 96% |" in table
-    assert "| keras_resnet resnet50_v1, InferenceSnapshot | float32 | | 11.0 | | 99% |" in table
-    assert "resnet50, InferenceSnapshot" not in table  # no snapshot timing in that entry
+    assert "| keras_resnet resnet50_v1, fold_batchnorm | float32 | | 11.0 | | 99% |" in table
+    assert "resnet50, fold_batchnorm" not in table  # no snapshot timing in that entry
     assert "| ratio resnet50 / keras.applications train | | 1.4 |" in table
     assert "skipped: bench_models.py exited 1" in table
     assert "models_float32: hypervisor steal during the timed rounds 46%" in table
@@ -120,6 +121,7 @@ def test_the_recorded_runs_are_in_the_report():
             "cifar10_fast_resnet20_34ep", "cifar10_fast_resnet9half_22ep_kernels"} <= names
 
 
+@pytest.mark.slow
 def test_bench_models_quick_smoke(tmp_path):
     out = tmp_path / "models.json"
     proc = run_script("bench_models.py", "--quick", "--keras-hub", "0", "--json", out, timeout=900)
@@ -136,9 +138,9 @@ def test_bench_models_quick_smoke(tmp_path):
     assert all(len(r["probe_gflops_rounds"]) == 1 and r["probe_gflops_rounds"][0] > 0
                for r in report["results"])
     assert [r["train_pct_peak"] is not None for r in report["results"]] == [False, False, False, True, True]
-    # keras_resnet models are also timed through InferenceSnapshot; keras.applications is not.
+    # keras_resnet models are also timed through fold_batchnorm; keras.applications is not.
     assert [r["infer_snapshot_img_s"] is not None for r in report["results"]] == [False] + [True] * 4
-    assert "InferenceSnapshot" in proc.stdout
+    assert "fold_batchnorm" in proc.stdout
     assert "ratio resnet50_v1 / keras.applications train" in proc.stdout
 
 
@@ -193,6 +195,7 @@ def _run_dir(root, name, precision, seed, seconds, test, tta, curve):
     return str(run)
 
 
+@pytest.mark.slow
 def test_compare_runs_reports_accuracy_gaps_and_time_against_the_first_run(tmp_path):
     import compare_runs
 
@@ -223,6 +226,7 @@ def test_compare_runs_rejects_what_is_not_a_finished_run(tmp_path):
         compare_runs.load_run(str(tmp_path / "half"))
 
 
+@pytest.mark.slow
 def test_bench_optimizer_times_both_sgds_and_writes_json(tmp_path):
     out = tmp_path / "optimizer.json"
     proc = run_script("bench_optimizer.py", "--model", "resnet20", "--quick", "--json", out)
@@ -233,121 +237,3 @@ def test_bench_optimizer_times_both_sgds_and_writes_json(tmp_path):
     assert all(len(v) == 2 and min(v) > 0 for v in report["ms_per_step_rounds"].values())
     assert set(report["speedup_median"]) == {"SGD", "AdamW"}
     assert min(report["speedup_median"].values()) > 0 and "AdamW speedup" in proc.stdout
-
-
-def test_bench_conv_kernels_reports_every_resnet50_shape(tmp_path):
-    out = tmp_path / "conv.json"
-    run_script("bench_conv_kernels.py", "--quick", "--json", out)
-    report = json.loads(out.read_text())
-    import bench_conv_kernels
-
-    rows = report["gflops_per_kernel"]
-    assert set(rows) == {shape[0] for shape in bench_conv_kernels.SHAPES}
-    assert all(min(r["forward"], r["grad_input"], r["grad_filter"]) > 0 for r in rows.values())
-    # The MatMul rewrite is timed exactly for the stride-1 1x1 convolutions.
-    assert {k for k, r in rows.items() if "as_matmul_3_passes" in r} == {
-        label for label, _, _, _, k, s in bench_conv_kernels.SHAPES if k == 1 and s == 1}
-    assert report["matmul_peak_float32"] > 0 and report["batch"] == 2
-
-
-def test_memory_bound_inventory_matches_resnet50_v1():
-    import bench_memory_bound
-    import keras_resnet as kr
-
-    inventory = bench_memory_bound.resnet50_v1_layers(224)
-    count = lambda *ops: sum(n for op, _, n in inventory if op in ops)  # noqa: E731
-    # He et al.'s ResNet-50: a stem BatchNorm, three per bottleneck block (16
-    # blocks), one per projection shortcut (4); 16 residual adds.
-    assert count("bn", "bn_relu", "bn_add_relu") == 53
-    assert count("bn_add_relu") == count("grad_sum") == 16 and count("bn") == 4
-    # The channel widths (with multiplicity) are the real model's BatchNorms'.
-    model = kr.create_model("resnet50_v1", input_shape=(224, 224, 3))
-    real = sorted(int(w.shape[0]) for w in model.weights if w.path.endswith("gamma"))
-    listed = sorted(c for op, (_, _, c), n in inventory if op != "grad_sum" for _ in range(n))
-    assert real == listed
-    assert {op: (h, c) for op, (h, _, c), _ in inventory if op == "bn_relu" and h == 112} == {
-        "bn_relu": (112, 64)}
-
-
-def test_bench_memory_bound_times_every_op_and_the_step(tmp_path):
-    out = tmp_path / "memory.json"
-    proc = run_script("bench_memory_bound.py", "--quick", "--json", out)
-    report = json.loads(out.read_text())
-    import bench_memory_bound
-
-    assert len(report["ops"]) == len(bench_memory_bound.resnet50_v1_layers(64))
-    assert all(r["tf_ms"] > 0 and r["bound_ms"] > 0 and r["xla_ms"] is None for r in report["ops"])
-    summary = report["summary"]
-    assert summary["step_ms"] > 0 and summary["memory_bound_tf_ms"] > 0
-    assert summary["memory_bound_least_traffic_ms"] > 0 and summary["train_efficiency"] > 0
-    # At batch 2 the ops timed alone may add up to more than the step; then no estimate.
-    fused = summary["train_efficiency_if_at_traffic_bound"]
-    if summary["step_ms"] > summary["memory_bound_tf_ms"]:
-        assert fused == pytest.approx(summary["conv_flops_at_matmul_peak_ms"] / (
-            summary["step_ms"] - summary["memory_bound_tf_ms"]
-            + summary["memory_bound_least_traffic_ms"]))
-    else:
-        assert fused is None
-    assert report["bandwidth_gb_s"] > 0 and "traffic lower bound" in proc.stdout
-    from keras_resnet import kernels
-
-    if kernels.load() is not None:  # both paths timed, per op and for the whole step
-        assert all(r["kernel_ms"] > 0 for r in report["ops"])
-        assert summary["memory_bound_kernels_ms"] == pytest.approx(
-            sum(r["count"] * r["kernel_ms"] for r in report["ops"]))
-        assert summary["step_kernels_ms"] > 0 and summary["step_speedup_kernels_paired"] > 0
-        assert summary["train_efficiency_kernels"] == pytest.approx(
-            summary["conv_flops_at_matmul_peak_ms"] / summary["step_kernels_ms"])
-        assert "with keras_resnet's kernels" in proc.stdout
-
-
-def test_ablate_kernels_times_both_paths(tmp_path):
-    from keras_resnet import kernels
-
-    if kernels.load() is None:
-        pytest.skip(f"keras_resnet's kernels did not build here: {kernels.unavailable_reason()}")
-    out = tmp_path / "ablate.json"
-    proc = run_script("ablate_kernels.py", "--model", "resnet20", "--image-size", "16", "--batch", "4",
-                      "--rounds", "2", "--json", out)
-    report = json.loads(out.read_text())
-    assert set(report["step_ms_median"]) == {"tensorflow", "kernels"}
-    assert all(len(v) == 2 and min(v) > 0 for v in report["step_seconds_rounds"].values())
-    assert report["speedup_paired"] > 0 and "paired speed-up" in proc.stdout
-
-
-def test_ablate_winograd_times_both_paths_and_compares_logits(tmp_path):
-    from keras_resnet import kernels
-
-    if kernels.load() is None:
-        pytest.skip(f"keras_resnet's kernels did not build here: {kernels.unavailable_reason()}")
-    out = tmp_path / "winograd.json"
-    # resnet18 at 64 px, batch 16: its 128-channel stage (8x8, 64 tiles) runs Winograd.
-    proc = run_script("ablate_winograd.py", "--models", "resnet18", "--image-size", "64",
-                      "--batch-size", "16", "--rounds", "2", "--batches", "1", "--probe", "0",
-                      "--train-steps", "2", "--json", out)
-    report = json.loads(out.read_text())
-    assert [r["name"] for r in report["results"]] == ["resnet18 winograd", "resnet18 direct"]
-    assert all(len(r["rounds"]) == 2 and min(r["rounds"]) > 0 for r in report["results"])
-    assert report["hardware"]["resnet18_max_rel_diff"] < 1e-4
-    assert report["ratios"]["resnet18 winograd / direct"]["median"] > 0
-    assert report["train"]["resnet18"]["speedup_median"] > 0
-    assert "paired speed-up" in proc.stdout
-
-
-@pytest.mark.parametrize("change", ["bias", "pointwise"])
-def test_ablate_gradients_times_both_forms_with_equal_losses(tmp_path, change):
-    from keras_resnet import kernels
-
-    if kernels.load() is None:
-        pytest.skip(f"keras_resnet's kernels did not build here: {kernels.unavailable_reason()}")
-    out = tmp_path / "gradients.json"
-    proc = run_script("ablate_gradients.py", "--change", change, "--models", "resnet18",
-                      "--image-size", "32", "--batch-size", "4", "--rounds", "2", "--json", out)
-    report = json.loads(out.read_text())
-    r = report["results"]["resnet18"]
-    assert report["change"] == change
-    assert len(r["seconds"]["ours"]) == len(r["seconds"]["theirs"]) == 2
-    assert r["speedup_median"] > 0
-    # Both forms compute the same step: equal first losses up to float32 round-off.
-    assert abs(r["first_step_loss"]["ours"] - r["first_step_loss"]["theirs"]) < 1e-4
-    assert "speed-up" in proc.stdout

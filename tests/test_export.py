@@ -40,7 +40,7 @@ def tiny_model(**overrides):
     options.update(overrides)
     model = kr.ResNet(SIZE + (3,), 10, **options)
     rng = np.random.default_rng(0)
-    for layer in model._flatten_layers():
+    for layer in kr.walk_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.moving_mean.assign(rng.uniform(-1, 1, layer.moving_mean.shape))
             layer.moving_variance.assign(rng.uniform(0.5, 2, layer.moving_variance.shape))
@@ -299,8 +299,7 @@ def test_fold_batchnorm_matches_and_removes_batchnorm_ops(exported, tmp_path):
     def batchnorm_ops(counts):
         return counts["Rsqrt"] + counts["FusedBatchNormV3"]
 
-    # BatchNorm (fused, or Keras's Rsqrt/Mul/Add) runs on variable reads: present
-    # in the plain export (grappler cannot fold variables at load time), gone when folded.
+    # BatchNorm is in the plain export, and gone when folded (keras_resnet.deploy).
     assert batchnorm_ops(op_counts(plain)) > 0
     folded = op_counts(path)
     assert batchnorm_ops(folded) == 0 and folded["Conv2D"] > 0
@@ -322,8 +321,8 @@ def test_mixed_precision_model_exports(tmp_path):
         path = ex.export(model, str(tmp_path), warmup=False, fold_batchnorm=fold)["saved_model"]
         got = tf.saved_model.load(path).signatures["predict_images_uint8"](images=tf.constant(x))["probabilities"]
         assert got.dtype == tf.float32
-        # bfloat16 keeps 8 mantissa bits (0.4% relative): the exported graph folds
-        # BatchNorm into the kernels before rounding them, predict() after.
+        # bfloat16 keeps 8 mantissa bits (0.4% relative): the folded export rounds
+        # the folded kernels, predict() rounds the kernels and then normalises.
         np.testing.assert_allclose(got.numpy(), reference(model, x), atol=3e-3)
 
 

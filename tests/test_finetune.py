@@ -63,7 +63,7 @@ def test_freeze_batchnorm_keeps_statistics_while_convs_train():
     m = tiny()
     finetune.set_trainable_stages(m, "all", freeze_batchnorm=True)
     m.compile(keras.optimizers.SGD(0.1), "categorical_crossentropy")
-    bns = [l for l in m._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
+    bns = [l for l in kr.walk_layers(m) if isinstance(l, keras.layers.BatchNormalization)]
     stats = [v.numpy().copy() for bn in bns for v in (bn.moving_mean, bn.moving_variance)]
     conv = m.get_layer("conv1_conv").kernel.numpy().copy()
     m.fit(*data(), batch_size=8, epochs=1, verbose=0)

@@ -20,7 +20,7 @@ def _conv(x, layer, strides=1, padding="SAME"):
 
 
 def _convs(layer):
-    return [l for l in layer._flatten_layers(include_self=False) if isinstance(l, keras.layers.Conv2D)]
+    return [l for l in layer.sublayers() if isinstance(l, keras.layers.Conv2D)]
 
 
 # (class, kwargs, input shape, output shape, trainable, non-trainable)
@@ -91,8 +91,7 @@ def test_plain_block_without_normalization_is_conv_relu_conv_add_relu():
     block = kr.BasicBlock(8, normalization=None, name="plain")
     x = _x((6, 6, 8))
     y = to_numpy(block(x, training=True))
-    assert [type(l).__name__ for l in block.branch_layers] == ["Conv2D", "Activation", "Conv2D"]
-    assert not any(isinstance(l, keras.layers.BatchNormalization) for l in block._flatten_layers())
+    assert [type(l).__name__ for l in block.sublayers()] == ["Conv2D", "Activation", "Conv2D", "Add", "Activation"]
     conv1, conv2 = _convs(block)
     assert conv1.use_bias and conv2.use_bias
     for conv in (conv1, conv2):  # give the biases a value, so they are exercised
@@ -171,7 +170,7 @@ def test_bottleneck_stride_placement(stride_on, strided, unstrided):
     assert sublayer(block, f"b_{unstrided}_conv").strides == (1, 1)
     assert sublayer(block, "b_3_conv").strides == (1, 1)
     # A strided 3x3 pads symmetrically (1 each side, torchvision) instead of "same".
-    names = [l.name for l in block.branch_layers]
+    names = [l.name for l in block.sublayers()]
     assert ("b_2_pad" in names) == (stride_on == "3x3")
 
 
@@ -186,7 +185,7 @@ def test_zero_init_last_bn_makes_a_fresh_block_the_identity(cls, kwargs, in_shap
     x = _x(in_shape)
     for training in (False, True):
         np.testing.assert_allclose(to_numpy(block(x, training=training)), np.maximum(x, 0), atol=1e-6)
-    gammas = {l.name: to_numpy(l.gamma) for l in block._flatten_layers()
+    gammas = {l.name: to_numpy(l.gamma) for l in block.sublayers()
               if isinstance(l, keras.layers.BatchNormalization)}
     last = "b_2_bn" if cls is kr.BasicBlock else "b_3_bn"
     assert not np.any(gammas.pop(last))
@@ -204,9 +203,9 @@ def test_resnet9_block_has_its_relu_on_the_branch_not_after_the_add():
     assert (x < 0).any()
     for training in (False, True):
         np.testing.assert_allclose(to_numpy(block(x, training=training)), x, atol=1e-6)
-    assert block.out_relu is None and block.shortcut_kind == "identity"
-    kinds = [type(l).__name__ for l in block.branch_layers]
-    assert kinds == ["Conv2D", "FusedBatchNormalization", "Activation"] * 2, kinds
+    assert not hasattr(block, "out_relu") and block.shortcut_kind == "identity"
+    kinds = [type(l).__name__ for l in block.sublayers()]
+    assert kinds == ["Conv2D", "FusedBatchNormalization", "Activation"] * 2 + ["Add"], kinds
     # With a fresh (non-zero) last BN the branch adds only non-negative values.
     plain = kr.ResNet9Block(8, name="v")
     y = to_numpy(plain(x, training=True))
@@ -302,8 +301,9 @@ def test_kernel_initializer_and_regularizer_reach_every_conv():
 def test_width_dropout_between_the_two_convs():
     block = kr.BasicBlock(8, width_dropout=0.3, name="b")
     block.build((None, 6, 6, 8))
-    types = [type(l).__name__ for l in block.branch_layers]
-    assert types == ["Conv2D", "FusedBatchNormalization", "Activation", "Dropout", "Conv2D", "FusedBatchNormalization"]
+    types = [type(l).__name__ for l in block.sublayers()]
+    assert types == ["Conv2D", "FusedBatchNormalization", "Activation", "Dropout", "Conv2D",
+                     "FusedBatchNormalization", "Add", "Activation"]
 
 
 @pytest.mark.parametrize("cls, kwargs, match", [
@@ -361,135 +361,10 @@ def test_models_use_the_fused_batchnorm_unless_synchronized():
     from keras_resnet.layers import FusedBatchNormalization
 
     def bns(model):
-        return [l for l in model._flatten_layers(include_self=False, recursive=True)
-                if isinstance(l, keras.layers.BatchNormalization)]
+        return [l for l in kr.walk_layers(model) if isinstance(l, keras.layers.BatchNormalization)]
 
     plain = bns(kr.ResNet((32, 32, 3), 10, depth=8))
     assert plain and all(isinstance(l, FusedBatchNormalization) for l in plain)
     synced = bns(kr.ResNet((32, 32, 3), 10, depth=8, sync_batchnorm=True))
     assert synced and not any(isinstance(l, FusedBatchNormalization) for l in synced)
     assert all(l.synchronized for l in synced)
-    # After biased convolutions (keras.applications layout) float32 inference uses
-    # Keras's BatchNorm; the default bias-free layout keeps it fused.
-    v1 = bns(kr.create_model("resnet50_v1", input_shape=(64, 64, 3)))
-    assert v1 and not any(l.fused_inference for l in v1)
-    assert all(l.fused_inference for l in plain)
-
-
-def _layer_by_layer(block, x, training):
-    """The block's sub-layers called one by one (the reference for its fused paths)."""
-    shortcut = x
-    for layer in block.shortcut_layers:
-        shortcut = layer(shortcut, training=training)
-    y = x
-    for layer in block.branch_layers:
-        y = layer(y, training=training)
-    return block.out_relu(shortcut + y)
-
-
-def _assert_conv_biasadd_add_relu_tail(graph):
-    """The block ends Conv2D -> BiasAdd -> AddV2(shortcut) -> Relu: the pattern
-    the oneDNN remapper fuses into one `_FusedConv2D` (BiasAdd, Add, Relu)."""
-    relu = [op for op in graph.get_operations() if op.type == "Relu"][-1]
-    add = relu.inputs[0].op
-    assert add.type == "AddV2", add.type
-    # The branch's last conv (a projection shortcut is a folded conv too).
-    bias_add = [t.op for t in add.inputs if t.op.type == "BiasAdd"]
-    assert bias_add, [t.op.type for t in add.inputs]
-    assert all(b.inputs[0].op.type == "Conv2D" for b in bias_add)
-
-
-@pytest.mark.parametrize("cls, kwargs, in_shape", [
-    (kr.BasicBlock, dict(filters=8), (6, 6, 8)),
-    (kr.BasicBlock, dict(filters=16, strides=2, shortcut="zero_pad"), (6, 6, 8)),
-    (kr.BottleneckBlock, dict(filters=4, strides=2, drop_path_rate=0.2), (6, 6, 8)),
-])
-@pytest.mark.parametrize("precision, atol", [("float32", 1e-5), ("mixed_bfloat16", 0.05)])
-def test_inference_folds_the_last_batchnorm_into_the_residual_sum(cls, kwargs, in_shape, precision, atol):
-    """Inference computes relu(shortcut + conv_folded(y) + bias) and agrees with
-    the layer-by-layer block; training (batch statistics) is untouched; a frozen
-    BatchNorm (fine-tuning) takes the folded path and still trains the conv."""
-    keras.mixed_precision.set_global_policy(precision)
-    try:
-        block = cls(name="b", **kwargs)
-        x = _x(in_shape, batch=4)
-        block.build(x.shape)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-    rng = np.random.default_rng(2)
-    for layer in block._flatten_layers(include_self=False):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.set_weights([rng.uniform(0.5, 1.5, w.shape) for w in layer.get_weights()])
-
-    for training in (False, True) if block.drop_path is None else (False,):  # drop-path is random
-        want = to_numpy(_layer_by_layer(block, x, training)).astype("float32")
-        got = to_numpy(block(x, training=training)).astype("float32")
-        np.testing.assert_allclose(got, want, atol=atol * max(1.0, np.abs(want).max()), err_msg=str(training))
-    graph = tf.function(lambda t: block(t, training=False)).get_concrete_function(
-        tf.TensorSpec(x.shape, "float32")).graph
-    _assert_conv_biasadd_add_relu_tail(graph)
-    # Frozen BatchNorm while training: the folded path, with a gradient for the last conv.
-    last_conv, last_bn = block.branch_layers[-2:]
-    last_bn.trainable = False
-    assert block._folds_last_conv_into_the_sum(x, training=True) == (block.drop_path is None)
-    with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(tf.cast(block(x, training=True), "float32") ** 2)
-    grad = tape.gradient(loss, last_conv.kernel)
-    assert grad is not None and np.any(to_numpy(grad))
-
-
-@pytest.mark.parametrize("precision, atol", [("float32", 1e-4), ("mixed_bfloat16", 0.1)])
-def test_biased_conv_and_batchnorm_fold_into_one_conv_at_inference(precision, atol):
-    """A keras.applications-layout block (biased convs) infers through one
-    Conv2D + BiasAdd per pair, which TF fuses with the ReLU (and the residual
-    sum); outputs equal the layer-by-layer `bn(conv(x))` in every mode."""
-    keras.mixed_precision.set_global_policy(precision)
-    try:
-        block = kr.BottleneckBlock(8, strides=2, conv_bias=True, stride_on="1x1", name="b")
-        x = _x((8, 8, 16), batch=4)
-        block.build(x.shape)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-    rng = np.random.default_rng(1)
-    for layer in block._flatten_layers(include_self=False):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.set_weights([rng.uniform(0.5, 1.5, w.shape) if i != 3 else rng.uniform(0.5, 2, w.shape)
-                               for i, w in enumerate(layer.get_weights())])
-        elif isinstance(layer, keras.layers.Conv2D):
-            layer.bias.assign(rng.normal(0, 1, layer.bias.shape))
-
-    want = to_numpy(_layer_by_layer(block, x, False)).astype("float32")
-    got = to_numpy(block(x, training=False)).astype("float32")
-    np.testing.assert_allclose(got, want, atol=atol * max(1.0, np.abs(want).max()))
-    # At inference every conv + BatchNorm pair (the biased conv's bias included)
-    # is one Conv2D + BiasAdd: no BatchNorm op and no second bias add remain.
-    graph = tf.function(lambda t: block(t, training=False)).get_concrete_function(
-        tf.TensorSpec(x.shape, "float32")).graph
-    ops = [op.type for op in graph.get_operations()]
-    assert ops.count("FusedBatchNormV3") == 0 and ops.count("BiasAdd") == 4, ops
-    assert all(op.inputs[0].op.type == "Conv2D" for op in graph.get_operations() if op.type == "BiasAdd")
-    _assert_conv_biasadd_add_relu_tail(graph)
-    # unfolded_inference() (the A/B baseline): one FusedBatchNormV3 per conv, the
-    # bias moved into its moving mean, the same outputs.
-    from keras_resnet.layers import unfolded_inference
-
-    with unfolded_inference():
-        unfolded = tf.function(lambda t: block(t, training=False)).get_concrete_function(
-            tf.TensorSpec(x.shape, "float32")).graph
-        got_unfolded = to_numpy(block(x, training=False)).astype("float32")
-    ops = [op.type for op in unfolded.get_operations()]
-    assert ops.count("FusedBatchNormV3") == 4 and ops.count("BiasAdd") == 0, ops
-    np.testing.assert_allclose(got_unfolded, want, atol=atol * max(1.0, np.abs(want).max()))
-    # Training still adds the bias and normalises with batch statistics (the
-    # outputs do not depend on the moving statistics the two calls update).
-    want_train = to_numpy(_layer_by_layer(block, x, True)).astype("float32")
-    got_train = to_numpy(block(x, training=True)).astype("float32")
-    np.testing.assert_allclose(got_train, want_train, atol=atol * max(1.0, np.abs(want_train).max()))
-    assert not np.allclose(got_train, got, atol=1e-2)
-    # Frozen BatchNorm (fine-tuning) is inference mode even under training=True.
-    for layer in block._flatten_layers(include_self=False):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False
-    np.testing.assert_allclose(to_numpy(block(x, training=True)).astype("float32"),
-                               to_numpy(_layer_by_layer(block, x, False)).astype("float32"),
-                               atol=atol * max(1.0, np.abs(want).max()))

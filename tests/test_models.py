@@ -457,9 +457,10 @@ def test_normalization_none_is_the_plain_block():
     convs = [l for l in layers if isinstance(l, keras.layers.Conv2D)]
     assert len(convs) == 19 and all(c.use_bias for c in convs)
     for block in blocks_of(model):  # (strided blocks pad explicitly before conv 1)
-        assert [type(l).__name__ for l in block.branch_layers
-                if not isinstance(l, keras.layers.ZeroPadding2D)] == ["Conv2D", "Activation", "Conv2D"]
-        assert type(block.add).__name__ == "Add" and block.out_relu is not None
+        assert [type(l).__name__ for l in block.sublayers()
+                if isinstance(l, (keras.layers.Conv2D, keras.layers.Activation, keras.layers.Add))
+                ] == ["Conv2D", "Activation", "Conv2D", "Add", "Activation"]
+        assert type(block.add).__name__ == "Add" and hasattr(block, "out_relu")
     # Each BN(c) (2c trainable) becomes a conv bias (c): 688 channels in all.
     channels = 16 + 6 * (16 + 32 + 64)
     assert trainable_count(model) == 269_722 - 2 * channels + channels
@@ -484,8 +485,8 @@ def test_stochastic_depth_linear_rule():
     model = kr.ResNet((32, 32, 3), 10, drop_path_rate=rate)
     blocks = blocks_of(model)
     np.testing.assert_allclose([b.drop_path_rate for b in blocks], np.linspace(0, rate, 9), atol=1e-9)
-    assert blocks[0].drop_path is None
-    assert [b.drop_path.rate for b in blocks[1:]] == pytest.approx(list(np.linspace(0, rate, 9)[1:]))
+    assert not any(isinstance(l, kr.DropPath) for l in blocks[0].sublayers())
+    assert [b.get_layer(f"{b.name}_drop_path").rate for b in blocks[1:]] == pytest.approx(list(np.linspace(0, rate, 9)[1:]))
     plain = kr.ResNet((32, 32, 3), 10)
     plain.set_weights(model.get_weights())
     x = random_inputs(model, batch=8)

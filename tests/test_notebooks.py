@@ -125,6 +125,7 @@ def _error_report(nb):
     return ""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
 def test_notebook_runs_top_to_bottom(path, tmp_path, kernel_env):
     from nbclient import NotebookClient

@@ -67,12 +67,6 @@ def test_train_reduces_loss_and_writes_run_dir(tmp_path):
     environment = json.loads((run / "environment.json").read_text())
     assert environment["onednn"] in (True, False) and "TF_ENABLE_ONEDNN_OPTS" in environment
     assert environment["precision"] == metrics["precision"] and environment["cpu_count"] == os.cpu_count()
-    # ... and whether keras_resnet's fused BatchNorm kernels ran, or why not.
-    from keras_resnet import kernels
-
-    assert environment["fused_batchnorm_kernels"] == kernels.status(metrics["precision"])
-    assert environment["fused_batchnorm_kernels"] == "used" or metrics["precision"] not in (
-        "float32", "mixed_bfloat16") or kernels.load() is None
     with open(run / "history.csv") as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 1, 2]
     # Running the finished run again does not train again.
@@ -108,6 +102,7 @@ def _cli(*args, **kw):
                           capture_output=True, text=True, **kw)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_gives_every_epoch_once(tmp_path):
     npz = make_npz(tmp_path / "data.npz", n=512)
     run = tmp_path / "run"
