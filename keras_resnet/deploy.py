@@ -16,49 +16,53 @@ ResNet-9's BatchNorm after a max-pool) stay as inference BatchNorms.
 import keras
 import numpy as np
 
+from keras_resnet import compat
 from keras_resnet import layers as blocks
 
 
-def _single_input(layer):
+def _flat_inputs(operation):
     try:
-        value = layer.input
-    except (AttributeError, ValueError):  # a layer called several times, or never
-        return None
-    return value if not isinstance(value, (list, tuple)) else None
+        return keras.tree.flatten(operation.input)
+    except (AttributeError, ValueError, TypeError):  # never called
+        return []
 
 
 def _foldable(conv, bn):
     return (isinstance(conv, keras.layers.Conv2D) and isinstance(bn, keras.layers.BatchNormalization)
             and conv.data_format == "channels_last" and bn.axis in (-1, 3)
-            and conv.activation in (None, keras.activations.linear))
+            and conv.activation in (None, keras.activations.linear)
+            and compat.call_count(conv) == 1 and compat.call_count(bn) == 1)
 
 
 def _functional_pairs(model):
     """`{conv name: bn name}` for top-level BatchNorms fed by a convolution whose
-    output nothing else reads."""
+    output nothing else reads (no other layer or op, and not a model output).
+    With a nested model at the top level nothing is paired: what it reads of the
+    outer graph is not visible from outside."""
+    operations = model.operations
+    if any(isinstance(op, keras.Model) for op in operations):
+        return {}
     readers = {}
-    for layer in model.layers:
-        inputs = _single_input(layer)
-        if inputs is not None:
-            readers.setdefault(id(inputs), []).append(layer)
-        elif hasattr(layer, "input"):
-            try:
-                for tensor in layer.input:
-                    readers.setdefault(id(tensor), []).append(layer)
-            except (AttributeError, ValueError, TypeError):
-                pass
+    for op in operations:
+        for tensor in _flat_inputs(op):
+            readers.setdefault(id(tensor), []).append(op)
+    for tensor in keras.tree.flatten(model.outputs):
+        readers.setdefault(id(tensor), []).append(None)
     pairs = {}
-    for layer in model.layers:
-        if not isinstance(layer, keras.layers.Conv2D):
+    for layer in operations:
+        if not isinstance(layer, keras.layers.Conv2D) or compat.call_count(layer) != 1:
             continue
-        try:
-            output = layer.output
-        except (AttributeError, ValueError):
-            continue
-        following = readers.get(id(output), [])
-        if len(following) == 1 and _foldable(layer, following[0]):
+        following = readers.get(id(layer.output), [])
+        if len(following) == 1 and following[0] is not None and _foldable(layer, following[0]):
             pairs[layer.name] = following[0].name
     return pairs
+
+
+def is_foldable_model(model):
+    """Whether `fold_batchnorm` can rebuild `model`: a functional model (not
+    Sequential, not subclassed)."""
+    return (isinstance(model, keras.Model) and not isinstance(model, keras.Sequential)
+            and bool(getattr(model, "operations", None)) and bool(getattr(model, "inputs", None)))
 
 
 def folded_weights(conv, bn):
@@ -95,8 +99,10 @@ def fold_batchnorm(model):
     Returns:
         A new functional `keras.Model` with the same inputs and outputs.
     """
-    if not isinstance(model, keras.Model):
-        raise ValueError(f"`model` must be a keras.Model. Received: model={model!r}")
+    if not is_foldable_model(model):
+        raise ValueError("`fold_batchnorm` rebuilds functional Keras models (keras_resnet's, or built "
+                         "with keras.Model(inputs, outputs)); Sequential and subclassed models are "
+                         f"not supported. Received: model={model!r}")
     pairs = _functional_pairs(model)
     folded_bns = set(pairs.values())
 

@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_resnet.deploy import fold_batchnorm as fold_batchnorm_model
+from keras_resnet.deploy import is_foldable_model
 from keras_resnet.layers import walk_layers
 from keras_resnet.preprocessing import eval_resize, normalization_layer
 
@@ -348,12 +349,18 @@ def _float32_copy(model):
     return copy
 
 
+def _folded_if_possible(model):
+    """`keras_resnet.deploy.fold_batchnorm(model)` where it applies (functional models), else `model`."""
+    return fold_batchnorm_model(model) if is_foldable_model(model) else model
+
+
 def _resolve_fold(fold_batchnorm, model):
     """`"auto"` folds every model that has BatchNorm (`keras_resnet.deploy.fold_batchnorm`)."""
     import keras
 
     if fold_batchnorm == "auto":
-        return any(isinstance(layer, keras.layers.BatchNormalization) for layer in walk_layers(model))
+        return is_foldable_model(model) and any(
+            isinstance(layer, keras.layers.BatchNormalization) for layer in walk_layers(model))
     if not isinstance(fold_batchnorm, bool):
         raise ValueError("`fold_batchnorm` must be True, False or 'auto'. "
                          f"Received: fold_batchnorm={fold_batchnorm!r}")
@@ -491,11 +498,10 @@ def export_saved_model(model, export_dir, *, version=None, class_names=None, ima
                     "normalization='imagenet' (or the training stats) if it was trained on normalised inputs.",
                     model.name)
     softmax = (not _outputs_probabilities(model)) if apply_softmax is None else bool(apply_softmax)
-    model = _with_normalization(model, normalization)
     fold_batchnorm = _resolve_fold(fold_batchnorm, model)
-
-    if fold_batchnorm:
+    if fold_batchnorm:  # before any wrapping: the fold rebuilds the model's own graph
         model = fold_batchnorm_model(model)
+    model = _with_normalization(model, normalization)
     module = tf.Module()
     module.model_variables = list(model.variables)  # tracked: saved under variables/
     num_outputs = int(model.output_shape[-1])
@@ -585,7 +591,7 @@ def export_tflite(model, path, *, image_size=None, quantize=None, normalization=
 
     image_size = _check_image_size(image_size, model)
     softmax = (not _outputs_probabilities(model)) if apply_softmax is None else bool(apply_softmax)
-    model = _with_softmax(_with_normalization(fold_batchnorm_model(_float32_copy(model)), normalization),
+    model = _with_softmax(_with_normalization(_folded_if_possible(_float32_copy(model)), normalization),
                           softmax)
     # Convert from a SavedModel: converting a concrete function that captures
     # Keras 3 variables directly yields NaN outputs (seen with TF 2.21).
@@ -621,7 +627,7 @@ def export_onnx(model, path, *, image_size=None, opset=17, normalization=None, a
 
     image_size = _check_image_size(image_size, model)
     softmax = (not _outputs_probabilities(model)) if apply_softmax is None else bool(apply_softmax)
-    model = _with_softmax(_with_normalization(fold_batchnorm_model(_float32_copy(model)), normalization),
+    model = _with_softmax(_with_normalization(_folded_if_possible(_float32_copy(model)), normalization),
                           softmax)
     with tempfile.TemporaryDirectory() as tmp:
         _tensor_savedmodel(model, tmp, image_size)

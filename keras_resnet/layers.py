@@ -598,7 +598,18 @@ class ResNet9Block(BasicBlock):
     """The residual unit of ResNet-9 (Page 2018, the DAWNBench CIFAR-10 net):
     `x + ReLU(BN(conv(ReLU(BN(conv(x))))))`. The branch ends in its own ReLU
     and nothing follows the `Add()`, so the sum of two non-negative tensors
-    feeds the next convolution unchanged."""
+    feeds the next convolution unchanged. It keeps the shape: an identity
+    shortcut, stride 1, no SE, drop path or dropout."""
+
+    def __init__(self, filters, **kwargs):
+        super().__init__(filters, **kwargs)
+        unsupported = {name: value for name, value in (
+            ("strides", self.strides), ("shortcut", self.shortcut), ("se_ratio", self.se_ratio),
+            ("drop_path_rate", self.drop_path_rate), ("width_dropout", self.width_dropout))
+            if value not in (1, "auto", "identity", None, 0.0)}
+        if unsupported:
+            raise ValueError(f"ResNet9Block keeps the shape and has no SE, drop path or dropout. "
+                             f"Received: {', '.join(f'{k}={v!r}' for k, v in unsupported.items())}")
 
     def build(self, input_shape):
         self.shortcut_kind, self.shortcut_layers = "identity", []

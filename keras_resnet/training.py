@@ -142,9 +142,9 @@ def evaluate_model(model, eval_ds, tta_flip=False):
     """Top-1 accuracy on `eval_ds`, and with flip TTA when asked, computed by
     `keras_resnet.deploy.fold_batchnorm(model)` (the same outputs to float
     rounding, and what an export serves)."""
-    from keras_resnet.deploy import fold_batchnorm
+    from keras_resnet.deploy import fold_batchnorm, is_foldable_model
 
-    inference = fold_batchnorm(model)
+    inference = fold_batchnorm(model) if is_foldable_model(model) else model
 
     def forward(images):  # eager: tracing a graph costs more than it saves on one pass
         return inference(images, training=False)

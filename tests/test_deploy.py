@@ -108,3 +108,31 @@ def test_folded_graph_is_conv_biasadd_relu_without_batchnorm_ops():
 def test_bad_argument_is_a_clear_error():
     with pytest.raises(ValueError, match="Received: model="):
         kr.fold_batchnorm("resnet20")
+
+
+def test_a_conv_output_read_elsewhere_is_not_folded():
+    """A conv whose output is also a model output, or read by a plain op, keeps its BatchNorm."""
+    inputs = keras.Input((8, 8, 3))
+    y = keras.layers.Conv2D(4, 3, name="c")(inputs)
+    z = keras.layers.BatchNormalization(name="bn")(y)
+    as_output = keras.Model(inputs, [y, z])
+    randomize_weights(as_output)
+    assert [l.name for l in _batchnorms(kr.fold_batchnorm(as_output))] == ["bn"]
+    y2 = keras.layers.Conv2D(4, 3, name="c2")(inputs)
+    summed = keras.layers.BatchNormalization(name="bn2")(y2) + keras.ops.relu(y2)
+    as_op = keras.Model(inputs, summed)
+    randomize_weights(as_op)
+    folded = kr.fold_batchnorm(as_op)
+    assert [l.name for l in _batchnorms(folded)] == ["bn2"]
+    x = np.random.default_rng(3).normal(size=(2, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(folded(x), as_op(x, training=False), atol=1e-5)
+
+
+def test_sequential_models_are_refused_clearly_and_left_alone_by_evaluation():
+    from keras_resnet.deploy import is_foldable_model
+
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3),
+                              keras.layers.BatchNormalization(), keras.layers.GlobalAveragePooling2D()])
+    assert not is_foldable_model(model)
+    with pytest.raises(ValueError, match="Sequential and subclassed"):
+        kr.fold_batchnorm(model)
