@@ -49,7 +49,7 @@ def load_cifar10(data_dir):
 
     from keras_resnet import data as kr_data
 
-    builder = kr_data._tfds_builder("cifar10", data_dir)
+    builder = kr_data.tfds_source._tfds_builder("cifar10", data_dir)
     names = builder.info.features["label"].names
     out = {}
     for split in ("train", "test"):

@@ -21,6 +21,7 @@ normalise inside), `[H, W, 3]` per image or `[N, H, W, 3]` per batch.
 import keras
 import tensorflow as tf
 
+from keras_resnet import compat
 from keras_resnet.preprocessing import eval_resize
 
 PRESETS = ("cifar", "imagenet")
@@ -123,12 +124,7 @@ class StatelessLayer:
     def __init__(self, layer):
         self.layer = layer
         self.generator = _PerCallSeed()
-        for sub in [layer, *layer._flatten_layers(include_self=False)]:
-            if hasattr(sub, "generator"):
-                sub.generator = self.generator
-                # Keras keeps a separate generator per backend when tf.data runs
-                # a layer outside its own backend; cover that path too.
-                sub._backend_generators = {"tensorflow": self.generator}
+        compat.set_seed_generator(layer, self.generator)
 
     def __call__(self, image, seed):
         self.generator.seed = tf.cast(seed, tf.int64)

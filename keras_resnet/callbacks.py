@@ -15,6 +15,8 @@ import os
 import keras
 import numpy as np
 
+from keras_resnet import compat
+
 
 def _finite(logs):
     return all(math.isfinite(float(v)) for v in (logs or {}).values()
@@ -45,14 +47,15 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         self.restore_dir = restore_dir or backup_dir
 
     def on_train_begin(self, logs=None):
-        paths = self._weights_path, self._training_metadata_path, self._prev_weights_path
-        self._weights_path = os.path.join(self.restore_dir, "latest.weights.h5")
-        self._training_metadata_path = os.path.join(self.restore_dir, "training_metadata.json")
-        self._prev_weights_path = self._weights_path + ".bkp"
+        own = compat.backup_paths(self)
+        chief_weights = os.path.join(self.restore_dir, "latest.weights.h5")
+        compat.set_backup_paths(self, (chief_weights,
+                                       os.path.join(self.restore_dir, "training_metadata.json"),
+                                       chief_weights + ".bkp"))
         try:
             super().on_train_begin(logs)
         finally:
-            self._weights_path, self._training_metadata_path, self._prev_weights_path = paths
+            compat.set_backup_paths(self, own)
 
     def on_epoch_end(self, epoch, logs=None):
         self._last_logs_finite = _finite(logs)
@@ -72,13 +75,15 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         import json
 
         os.makedirs(self.backup_dir, exist_ok=True)
-        _atomic_save(lambda p: self.model.save_weights(p, overwrite=True), self._weights_path)
-        meta = {"epoch": self._current_epoch, "batch": self._last_batch_seen}
-        _atomic_save(lambda p: open(p, "w").write(json.dumps(meta)), self._training_metadata_path)
+        weights_path, metadata_path, _ = compat.backup_paths(self)
+        _atomic_save(lambda p: self.model.save_weights(p, overwrite=True), weights_path)
+        epoch, batch = compat.backup_position(self)
+        meta = {"epoch": epoch, "batch": batch}
+        _atomic_save(lambda p: open(p, "w").write(json.dumps(meta)), metadata_path)
 
     @property
     def resumed_epoch(self):
-        return getattr(self.model, "_initial_epoch", None) or 0
+        return compat.initial_epoch(self.model)
 
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -126,7 +131,7 @@ class ResumableCSVLogger(keras.callbacks.CSVLogger):
         if self.backup_dir and os.path.exists(path):
             with open(path) as f:
                 return int(json.load(f).get("epoch", 0))
-        return getattr(self.model, "_initial_epoch", None) or 0
+        return compat.initial_epoch(self.model)
 
     def on_train_begin(self, logs=None):
         start = self._resume_epoch()

@@ -107,6 +107,9 @@ def build_parser():
 
     p = sub.add_parser("train", help="Train a model (resumes when --output holds an unfinished run).")
     _add_train_flags(p)
+    p.add_argument("--cpu-kernels", action="store_true", default=False, help=(
+        "Train with keras_resnet.contrib.cpu's compiled BatchNorm+ReLU kernel (CPU only; compiled "
+        "and cached on first use; the saved model and exports are unchanged)."))
 
     p = sub.add_parser("evaluate", help="Evaluate a run (or .keras file) on its test split.")
     p.add_argument("run", help="Run directory or .keras file.")
@@ -138,14 +141,20 @@ def _train(args):
 
     # Only flags given on the command line are present (argparse.SUPPRESS), so
     # an explicit "none" can override a recipe value.
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "log_level", "recipe")}
+    skip = ("command", "log_level", "recipe", "cpu_kernels")
+    overrides = {k: v for k, v in vars(args).items() if k not in skip}
     if "model_options" in overrides:
         overrides["model_options"] = dict(overrides["model_options"])
     for key in ("unfreeze_schedule", "stage_lr_multipliers"):
         if key in overrides and overrides[key].lstrip().startswith("{"):
             overrides[key] = json.loads(overrides[key])
     config = get_recipe(getattr(args, "recipe", None) or DEFAULT_RECIPE, **overrides)
-    result = train(config)
+    hook = None
+    if args.cpu_kernels:
+        from keras_resnet.contrib import cpu
+
+        hook = cpu.accelerate
+    result = train(config, model_hook=hook)
     print(json.dumps({"run_dir": result.run_dir, **result.metrics}, indent=2))
 
 

@@ -12,6 +12,8 @@ import platform
 
 import tensorflow as tf
 
+from keras_resnet import compat
+
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 log = logging.getLogger("keras_resnet")
@@ -62,7 +64,7 @@ def get_strategy(name="auto", sync_batchnorm=False):
             raise ValueError("strategy='tpu' but no TPU is attached (TPUClusterResolver found none).")
         strategy = tf.distribute.TPUStrategy(resolver)
     elif name == "multi_worker":
-        _patch_keras_multi_worker_reduce()
+        compat.patch_multi_worker_reduce()
         comm = tf.distribute.experimental.CommunicationOptions(
             implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
         strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=comm)
@@ -77,32 +79,6 @@ def get_strategy(name="auto", sync_batchnorm=False):
     log.info("Distribution strategy: %s (%s) with %d replica(s) in sync",
              name, type(strategy).__name__, strategy.num_replicas_in_sync)
     return strategy, name
-
-
-def _patch_keras_multi_worker_reduce():
-    """Works around Keras 3.15 reducing scalar logs across workers with `axis=0`.
-
-    Under MultiWorkerMirroredStrategy Keras's `reduce_per_replica` calls
-    `strategy.reduce("MEAN", v, axis=0)` on every log value, which fails for
-    scalars ("Invalid reduction dimension 0 for input with 0 dimensions").
-    Scalars are reduced with `axis=None` instead; everything else is unchanged.
-    """
-    from keras.src.backend.tensorflow import trainer as tf_trainer
-
-    if getattr(tf_trainer.reduce_per_replica, "_keras_resnet_patched", False):
-        return
-    original = tf_trainer.reduce_per_replica
-
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
-            def reduce(v):
-                local = strategy.experimental_local_results(v)[0]
-                return strategy.reduce("MEAN", v, axis=None if len(local.shape) == 0 else 0)
-            return tf.nest.map_structure(reduce, values)
-        return original(values, strategy, reduction)
-
-    reduce_per_replica._keras_resnet_patched = True
-    tf_trainer.reduce_per_replica = reduce_per_replica
 
 
 def is_chief():
@@ -161,12 +137,7 @@ def onednn_enabled():
     Recorded in every run's environment.json because it changes which kernels (and
     which fusions) a step runs. None when TensorFlow's private probe is unavailable.
     """
-    try:
-        from tensorflow.python.util import _pywrap_util_port
-
-        return bool(_pywrap_util_port.IsMklEnabled())
-    except (ImportError, AttributeError):
-        return None
+    return compat.onednn_enabled()
 
 
 def onednn_hint(strategy_name="default"):
@@ -174,8 +145,7 @@ def onednn_hint(strategy_name="default"):
 
     TensorFlow leaves oneDNN off on x86 CPUs without AVX512-VNNI/BF16, AVX-VNNI or AMX
     (AVX2-only Xeons and EPYCs), where it is the biggest single speed-up for these
-    models: on a 2-core AMD EPYC (Zen, AVX2) `TF_ENABLE_ONEDNN_OPTS=1` trained ResNet-50
-    1.44x and ResNet-20 1.56x faster in float32 (README, "On a CPU without bf16").
+    models (docs/benchmarks.md, "On a CPU without bf16", has the measurements).
     The variable is read when TensorFlow is imported, so this library cannot set it
     for a process that already imported TensorFlow; it only says so.
     """
@@ -187,5 +157,5 @@ def onednn_hint(strategy_name="default"):
         return None
     return ("TensorFlow's oneDNN CPU kernels are off on this CPU (TensorFlow's default for CPUs "
             "without AVX512-VNNI/BF16 or AMX). Set TF_ENABLE_ONEDNN_OPTS=1 before TensorFlow is "
-            "imported to train faster: 1.44x for ResNet-50 on an AVX2 EPYC (keras_resnet README). "
+            "imported to train faster (keras_resnet docs/benchmarks.md, \"On a CPU without bf16\"). "
             "Set TF_ENABLE_ONEDNN_OPTS=0 to keep the current kernels and silence this message.")

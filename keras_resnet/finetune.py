@@ -23,6 +23,7 @@ import types
 import keras
 import numpy as np
 
+from keras_resnet import compat
 from keras_resnet import layers as blocks
 
 HEAD_LAYERS = ("avg_pool", "max_pool", "head_dropout", "predictions", "predictions_activation",
@@ -131,7 +132,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
             # Keras would otherwise build it lazily over the epoch-0 subset.
             opt.build(self.model.trainable_variables)
         if opt is not None and opt.built:
-            known = len(opt._trainable_variables)
+            known = compat.optimizer_tracked_count(opt)
             total = len(self.model.weights) - len(self.model.non_trainable_weights)
             if known < total:
                 raise ValueError(
@@ -188,11 +189,11 @@ def apply_stage_learning_rates(optimizer, model, multipliers):
     """
     per_path = _variable_stage_multipliers(model, resolve_multipliers(model, multipliers))
     # update_step sees backend variables: key them the way the optimizer does.
-    per_var = {optimizer._var_key(w): per_path[w.path] for w in model.weights if w.path in per_path}
+    per_var = {compat.optimizer_variable_key(optimizer, w): per_path[w.path] for w in model.weights if w.path in per_path}
     original = type(optimizer).update_step
 
     def update_step(self, gradient, variable, learning_rate):
-        m = per_var.get(self._var_key(variable), 1.0)
+        m = per_var.get(compat.optimizer_variable_key(self, variable), 1.0)
         if m != 1.0:
             learning_rate = learning_rate * keras.ops.cast(m, learning_rate.dtype)
         return original(self, gradient, variable, learning_rate)

@@ -23,6 +23,8 @@ sparse gradients take Keras's own update.
 
 import keras
 
+from keras_resnet import compat
+
 _PACKAGE = "keras_resnet"
 
 
@@ -51,7 +53,7 @@ class SGD(keras.optimizers.SGD):
         # `variable` is the tf.Variable (Keras unwraps it; under a
         # tf.distribute strategy, this replica's component) and `accum` a
         # Keras variable whose handle resolves to the same replica.
-        accum = self.momentums[self._get_variable_index(variable)]
+        (accum,) = compat.optimizer_slots(self, variable, "momentums")
         dtype = variable.dtype
         tf.raw_ops.ResourceApplyKerasMomentum(
             var=variable.handle, accum=accum.handle, lr=tf.cast(learning_rate, dtype),
@@ -68,11 +70,11 @@ class _FusedAdamStep:
         import tensorflow as tf
 
         dtype = variable.dtype
-        index = self._get_variable_index(variable)
+        m, v = compat.optimizer_slots(self, variable, "momentums", "velocities")
         local_step = tf.cast(self.iterations + 1, dtype)
         beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
         tf.raw_ops.ResourceApplyAdam(
-            var=variable.handle, m=self._momentums[index].handle, v=self._velocities[index].handle,
+            var=variable.handle, m=m.handle, v=v.handle,
             beta1_power=tf.pow(beta_1, local_step), beta2_power=tf.pow(beta_2, local_step),
             lr=tf.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2,
             epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(gradient, dtype),

@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_resnet import callbacks as kr_callbacks
-from keras_resnet import distribute, optimizers
+from keras_resnet import compat, distribute, optimizers
 from keras_resnet.hostinfo import StealMeter, steal_warning
 from keras_resnet.recipes import TrainConfig, get_recipe
 from keras_resnet.registry import create_model
@@ -85,7 +85,7 @@ def _environment(strategy_name, strategy, precision):
         "gpus": [d.name for d in tf.config.list_logical_devices("GPU")],
         "strategy": strategy_name, "replicas": strategy.num_replicas_in_sync,
         "precision": precision, "bf16_cpu": distribute.cpu_supports_bf16(),
-        "onednn": distribute.onednn_enabled(),
+        "onednn": compat.onednn_enabled(),
         "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
     }
 
@@ -199,40 +199,44 @@ def _plot_history(history_csv, run_dir):
     return written
 
 
-def train(config, *, train_data=None, eval_data=None, extra_callbacks=()):
-    """Trains a model end to end and returns a `TrainResult`.
+@dataclasses.dataclass
+class _Run:
+    """Where a run writes: the chief owns `run_dir`; other workers write their
+    throw-away files to a private folder so they never race the chief."""
+    run_dir: str
+    out_dir: str
+    chief: bool
 
-    Args:
-        config: A `TrainConfig`, a dict of its fields (with an optional
-            `recipe` to start from), or a recipe name.
-        train_data, eval_data: Optional ready `tf.data` pipelines (with an
-            `info` from `keras_resnet.data`) instead of `config.dataset`; pass
-            `(dataset, info)` for the training side.
-        extra_callbacks: More Keras callbacks.
+    @property
+    def metrics_path(self):
+        return os.path.join(self.out_dir, "metrics.json")
 
-    Raises:
-        TrainingInterrupted: on a NaN loss (the last good checkpoint is intact).
-        KeyboardInterrupt: after saving a resumable backup on Ctrl-C / SIGTERM.
-    """
-    config = _as_config(config)
-    _validate(config)
+    def finished(self):
+        return os.path.exists(self.metrics_path) and (
+            not self.chief or os.path.exists(os.path.join(self.run_dir, "model.keras")))
+
+
+def _open_run(config):
     run_dir = config.output or _default_run_dir(config)
     config.output = run_dir
     chief = distribute.is_chief()
-    # Non-chief workers write their (throw-away) files to a private folder, so
-    # they never race the chief on the real outputs.
     out_dir = run_dir if chief else os.path.join(run_dir, "workers", f"worker-{distribute.task_index()}")
     os.makedirs(out_dir, exist_ok=True)
-    metrics_path = os.path.join(out_dir, "metrics.json")
-    config_path = os.path.join(run_dir, "config.json")
-    if os.path.exists(metrics_path) and (not chief or os.path.exists(os.path.join(run_dir, "model.keras"))):
-        log.info("Run %s already finished; loading its results.", run_dir)
-        model = keras.saving.load_model(os.path.join(run_dir, "model.keras")) if chief else None
-        with open(metrics_path) as f:
-            metrics = json.load(f)
-        return TrainResult(model, {}, metrics, run_dir)
+    return _Run(run_dir, out_dir, chief)
 
-    # The strategy first: multi-worker collectives must be set up before any op runs.
+
+def _finished_result(run):
+    log.info("Run %s already finished; loading its results.", run.run_dir)
+    model = keras.saving.load_model(os.path.join(run.run_dir, "model.keras")) if run.chief else None
+    with open(run.metrics_path) as f:
+        return TrainResult(model, {}, json.load(f), run.run_dir)
+
+
+def _start_runtime(config):
+    """Strategy, seed and precision: `(strategy, strategy_name, precision)`.
+
+    The strategy comes first: multi-worker collectives must be set up before any op runs.
+    """
     strategy, strategy_name = distribute.get_strategy(config.strategy)
     keras.utils.set_random_seed(config.seed)
     precision = distribute.resolve_precision(config.precision, strategy_name)
@@ -240,40 +244,41 @@ def train(config, *, train_data=None, eval_data=None, extra_callbacks=()):
     hint = distribute.onednn_hint(strategy_name)
     if hint:
         log.warning(hint)
-    replicas = strategy.num_replicas_in_sync
-    global_batch = config.batch_size
+    return strategy, strategy_name, precision
 
-    # === Data ===
-    image_size = (config.image_size, config.image_size) if config.image_size else None
-    data_kwargs = dict(image_size=image_size, augment=config.augment, data_dir=config.data_dir,
-                       train_split=config.train_split, eval_split=config.eval_split,
-                       seed=config.seed, one_hot=True, mixup_alpha=config.mixup_alpha,
-                       cutmix_alpha=config.cutmix_alpha, random_erasing=config.random_erasing,
-                       max_examples=config.max_train_examples)
+
+def _make_data(config, train_data, eval_data):
+    """`(train_ds, eval_ds, info)`: the given pipelines, or `config.dataset`'s.
+
+    Under a strategy Keras distributes the global batches; with several workers
+    tf.data's DATA auto-shard policy gives each worker its shard.
+    """
     if train_data is not None:
         train_ds, info = train_data
-    else:
-        from keras_resnet import data as kr_data
+        return train_ds, eval_data, info
+    from keras_resnet import data as kr_data
 
-        train_ds, eval_data_default, info = kr_data.make_pipelines(
-            config.dataset, global_batch, **data_kwargs)
-        eval_data = eval_data if eval_data is not None else eval_data_default
-        # Under a strategy Keras distributes the global batches; with several
-        # workers tf.data's DATA auto-shard policy gives each worker its shard.
-    steps_per_epoch = config.steps_per_epoch or max(1, info.num_train // global_batch)
+    image_size = (config.image_size, config.image_size) if config.image_size else None
+    train_ds, default_eval, info = kr_data.make_pipelines(
+        config.dataset, config.batch_size, image_size=image_size, augment=config.augment,
+        data_dir=config.data_dir, train_split=config.train_split, eval_split=config.eval_split,
+        seed=config.seed, one_hot=True, mixup_alpha=config.mixup_alpha,
+        cutmix_alpha=config.cutmix_alpha, random_erasing=config.random_erasing,
+        max_examples=config.max_train_examples)
+    return train_ds, (eval_data if eval_data is not None else default_eval), info
+
+
+def _schedule_length(config, info):
+    """`(steps_per_epoch, epochs)`; `total_steps` rounds up to whole epochs."""
+    steps_per_epoch = config.steps_per_epoch or max(1, info.num_train // config.batch_size)
     epochs = config.epochs
     if config.total_steps:
         epochs = max(1, math.ceil(config.total_steps / steps_per_epoch))
-    total_steps = steps_per_epoch * epochs
+    return steps_per_epoch, epochs
 
-    if chief:
-        _write_json(config_path, {"config": config.to_dict(), "data": info.to_dict(),
-                                  "steps_per_epoch": steps_per_epoch, "epochs": epochs,
-                                  "global_batch_size": global_batch})
-        _write_json(os.path.join(run_dir, "environment.json"),
-                    _environment(strategy_name, strategy, precision))
 
-    # === Model ===
+def _build_compiled_model(config, info, strategy, steps_per_epoch, total_steps):
+    """The registry model, its backbone weights, optimizer and loss, under the strategy."""
     # Re-seed here: building the pipelines may draw random numbers, and the
     # initial weights must not depend on how (or how often) data was set up.
     keras.utils.set_random_seed(config.seed)
@@ -290,27 +295,26 @@ def train(config, *, train_data=None, eval_data=None, extra_callbacks=()):
             from keras_resnet.finetune import load_backbone
 
             load_backbone(model, config.weights)
-        optimizer = make_optimizer(config, steps_per_epoch, total_steps, global_batch)
         model.compile(
-            optimizer=optimizer,
+            optimizer=make_optimizer(config, steps_per_epoch, total_steps, config.batch_size),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
             metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
             jit_compile=config.jit_compile)
+    return model
 
-    if strategy_name == "multi_worker":
-        _prebuild_for_multi_worker(model, strategy, train_ds)
 
-    # === Callbacks ===
+def _make_callbacks(config, run, extra_callbacks):
+    """`(callbacks, backup, nan_guard)`: crash-safe backups, best model, logs."""
     backup = kr_callbacks.AtomicBackupAndRestore(
-        os.path.join(out_dir, "backup"), save_freq=config.backup_every_steps or "epoch",
-        restore_dir=os.path.join(run_dir, "backup"))
+        os.path.join(run.out_dir, "backup"), save_freq=config.backup_every_steps or "epoch",
+        restore_dir=os.path.join(run.run_dir, "backup"))
     nan_guard = kr_callbacks.NaNGuard()
     cbs = [nan_guard, kr_callbacks.LearningRateLogger(),
-           kr_callbacks.ResumableCSVLogger(os.path.join(out_dir, "history.csv"),
+           kr_callbacks.ResumableCSVLogger(os.path.join(run.out_dir, "history.csv"),
                                            backup_dir=backup.restore_dir),
            backup,  # after the CSV logger: see ResumableCSVLogger
-           kr_callbacks.BestCheckpoint(os.path.join(out_dir, "best.keras")),
-           keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), write_graph=False)]
+           kr_callbacks.BestCheckpoint(os.path.join(run.out_dir, "best.keras")),
+           keras.callbacks.TensorBoard(os.path.join(run.out_dir, "logs"), write_graph=False)]
     if config.early_stopping_patience:
         cbs.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
                                                  patience=config.early_stopping_patience))
@@ -318,12 +322,14 @@ def train(config, *, train_data=None, eval_data=None, extra_callbacks=()):
         from keras_resnet.finetune import finetune_callbacks
 
         cbs = finetune_callbacks(config) + cbs
-    cbs += list(extra_callbacks)
-    verbose = config.verbose
+    return cbs + list(extra_callbacks), backup, nan_guard
+
+
+def _fit(model, train_ds, eval_ds, *, epochs, steps_per_epoch, callbacks, backup, verbose, run_dir):
+    """`model.fit`, saving a resumable state on Ctrl-C / SIGTERM; returns
+    `(history, seconds, cpu_steal_fraction)`."""
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
-
-    # === Fit (Ctrl-C and SIGTERM save a resumable state) ===
     previous = None
     if hasattr(signal, "SIGTERM") and _in_main_thread():
         def _terminate(signum, frame):
@@ -332,8 +338,8 @@ def train(config, *, train_data=None, eval_data=None, extra_callbacks=()):
     start = time.time()
     steal = StealMeter()  # how much of the CPU a VM's hypervisor takes during fit
     try:
-        fit = model.fit(train_ds, validation_data=eval_data, epochs=epochs, shuffle=False,
-                        steps_per_epoch=steps_per_epoch, callbacks=cbs, verbose=verbose)
+        fit = model.fit(train_ds, validation_data=eval_ds, epochs=epochs, shuffle=False,
+                        steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose)
     except KeyboardInterrupt:
         if backup.model is not None:
             backup.save_now()
@@ -343,35 +349,82 @@ def train(config, *, train_data=None, eval_data=None, extra_callbacks=()):
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    train_seconds = time.time() - start
+    seconds = time.time() - start
     steal_fraction = steal.fraction()
     warning = steal_warning(steal_fraction)
     if warning:
         log.warning(warning)
+    return fit.history, seconds, steal_fraction
 
+
+def _raise_if_diverged(nan_guard, backup, run):
     if nan_guard.triggered_at is not None:
         epoch, batch, loss = nan_guard.triggered_at
         raise TrainingInterrupted(
             f"Training stopped: the loss became {loss} at epoch {epoch + 1}, batch {batch}. "
             f"The last good state is intact in {backup.backup_dir} and "
-            f"{os.path.join(out_dir, 'best.keras')}. Lower --learning-rate, add --clipnorm, or "
+            f"{os.path.join(run.out_dir, 'best.keras')}. Lower --learning-rate, add --clipnorm, or "
             "use --precision float32, then rerun the same command to resume.")
 
-    # === Final outputs (the model, plots and history are the chief's alone) ===
-    metrics = {"train_seconds_this_session": round(train_seconds, 1), "epochs": epochs,
+
+def train(config, *, train_data=None, eval_data=None, extra_callbacks=(), model_hook=None):
+    """Trains a model end to end and returns a `TrainResult`.
+
+    Args:
+        config: A `TrainConfig`, a dict of its fields (with an optional
+            `recipe` to start from), or a recipe name.
+        train_data, eval_data: Optional ready `tf.data` pipelines (with an
+            `info` from `keras_resnet.data`) instead of `config.dataset`; pass
+            `(dataset, info)` for the training side.
+        extra_callbacks: More Keras callbacks.
+        model_hook: Optional `hook(model) -> str` run on the compiled model
+            before `fit` (e.g. `keras_resnet.contrib.cpu.accelerate`); what it
+            returns is logged and recorded in metrics.json as `model_hook`.
+
+    Raises:
+        TrainingInterrupted: on a NaN loss (the last good checkpoint is intact).
+        KeyboardInterrupt: after saving a resumable backup on Ctrl-C / SIGTERM.
+    """
+    config = _as_config(config)
+    _validate(config)
+    run = _open_run(config)
+    if run.finished():
+        return _finished_result(run)
+    strategy, strategy_name, precision = _start_runtime(config)
+    train_ds, eval_data, info = _make_data(config, train_data, eval_data)
+    steps_per_epoch, epochs = _schedule_length(config, info)
+    if run.chief:
+        _write_json(os.path.join(run.run_dir, "config.json"), {
+            "config": config.to_dict(), "data": info.to_dict(), "steps_per_epoch": steps_per_epoch,
+            "epochs": epochs, "global_batch_size": config.batch_size})
+        _write_json(os.path.join(run.run_dir, "environment.json"),
+                    _environment(strategy_name, strategy, precision))
+    model = _build_compiled_model(config, info, strategy, steps_per_epoch, steps_per_epoch * epochs)
+    if strategy_name == "multi_worker":
+        _prebuild_for_multi_worker(model, strategy, train_ds)
+    hook_status = model_hook(model) if model_hook is not None else None
+    if hook_status:
+        log.info("model_hook: %s", hook_status)
+    callbacks, backup, nan_guard = _make_callbacks(config, run, extra_callbacks)
+    history, seconds, steal_fraction = _fit(
+        model, train_ds, eval_data, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
+        backup=backup, verbose=config.verbose, run_dir=run.run_dir)
+    _raise_if_diverged(nan_guard, backup, run)
+
+    metrics = {"train_seconds_this_session": round(seconds, 1), "epochs": epochs,
                "steps_per_epoch": steps_per_epoch, "precision": precision,
-               "strategy": strategy_name, "replicas": replicas,
-               "weights_sha256": weights_digest(model),
-               "cpu_steal_fraction": steal_fraction}
+               "strategy": strategy_name, "replicas": strategy.num_replicas_in_sync,
+               "weights_sha256": weights_digest(model), "cpu_steal_fraction": steal_fraction}
+    if model_hook is not None:
+        metrics["model_hook"] = hook_status
     if eval_data is not None:
         metrics.update(evaluate_model(model, eval_data, tta_flip=config.tta_flip))
-    history = fit.history
-    if chief:
-        model.save(os.path.join(run_dir, "model.keras"))
-        _plot_history(os.path.join(run_dir, "history.csv"), run_dir)
-    _write_json(metrics_path, metrics)
-    log.info("Finished %s: %s", run_dir, metrics)
-    return TrainResult(model, history, metrics, run_dir)
+    if run.chief:  # the model, plots and history are the chief's alone
+        model.save(os.path.join(run.run_dir, "model.keras"))
+        _plot_history(os.path.join(run.run_dir, "history.csv"), run.run_dir)
+    _write_json(run.metrics_path, metrics)
+    log.info("Finished %s: %s", run.run_dir, metrics)
+    return TrainResult(model, history, metrics, run.run_dir)
 
 
 def _prebuild_for_multi_worker(model, strategy, train_ds):
@@ -384,8 +437,7 @@ def _prebuild_for_multi_worker(model, strategy, train_ds):
     """
     sample = next(iter(train_ds.take(1)))
     with strategy.scope():
-        model._symbolic_build(data_batch=sample)
-    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+        compat.build_from_local_batch(model, sample)
 
 
 def weights_digest(model):

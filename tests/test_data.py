@@ -17,6 +17,7 @@ from PIL import Image
 
 from keras_resnet import augment as aug
 from keras_resnet import data
+from keras_resnet.data import folders, pipeline
 from keras_resnet.preprocessing import eval_resize
 
 SHARED_TFDS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "tensorflow_datasets")
@@ -170,7 +171,7 @@ def test_folder_images_decode_as_rgb(folder):
     for image, label in examples:
         assert image.dtype == np.uint8 and image.shape == (24, 24, 3) and label in (0, 1)
     # Decode specific kinds and compare with their source pixels.
-    decode = lambda rel: data._decode_file(  # noqa: E731
+    decode = lambda rel: folders._decode_file(  # noqa: E731
         (tf.constant(os.path.join(folder, rel)), tf.constant(rel.endswith((".tiff", ".bmp"))))).numpy()
     base = _pattern(24, 24, 7)
     np.testing.assert_array_equal(decode("cats/grey.png"), np.repeat(base[..., :1], 3, -1))
@@ -207,8 +208,8 @@ def test_pixel_limit_rejects_from_the_header_without_decoding(tmp_path, monkeypa
     big = _save(str(tmp_path / "a" / "big.png"), Image.fromarray(_pattern(64, 64, 2)), "PNG")  # 4096 px
     bomb = _png_header_only(str(tmp_path / "b" / "bomb.png"), 30000, 30000)  # 900 Mpx, no pixel data
     seen = []
-    real_verify = data._verify_decodes
-    monkeypatch.setattr(data, "_verify_decodes", lambda files: seen.extend(f.path for f in files)
+    real_verify = folders._verify_decodes
+    monkeypatch.setattr(folders, "_verify_decodes", lambda files: seen.extend(f.path for f in files)
                         or real_verify(files))
     with caplog.at_level(logging.WARNING, logger="keras_resnet.data"):
         files, _, skipped, _ = data.scan_image_folder(str(tmp_path), max_pixels=1000)
@@ -251,7 +252,7 @@ def test_folder_pipeline(folder):
     # Normalisation computed from the training images (during the decode check).
     assert set(info.normalization) == {"mean", "std"}
     pixels = np.concatenate([
-        data._decode_file((tf.constant(f.path), tf.constant(f.use_pil))).numpy().reshape(-1, 3)
+        folders._decode_file((tf.constant(f.path), tf.constant(f.use_pil))).numpy().reshape(-1, 3)
         for f, e in zip(*_folder_files_and_split(folder)) if not e]).astype(np.float64)
     np.testing.assert_allclose(info.normalization["mean"], pixels.mean(0), atol=0.01)
     np.testing.assert_allclose(info.normalization["std"], pixels.std(0), atol=0.01)
@@ -262,7 +263,7 @@ def test_folder_pipeline(folder):
 
 def _folder_files_and_split(folder):
     files, _, _, _ = data.scan_image_folder(folder)
-    return files, data._split_files(files, 0.25)
+    return files, folders._split_files(files, 0.25)
 
 
 def test_folder_hold_out_survives_moving_the_dataset(folder, tmp_path):
@@ -296,7 +297,7 @@ def test_cached_and_uncached_pipelines_agree(folder, monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger="keras_resnet.data"):
         cached = _first_batches(data.make_pipelines(folder, 4, **kwargs)[0], 3)
     assert "Not caching" not in caplog.text
-    monkeypatch.setattr(data, "_available_memory", lambda: 0)  # nothing fits: no cache
+    monkeypatch.setattr(pipeline, "_available_memory", lambda: 0)  # nothing fits: no cache
     with caplog.at_level(logging.INFO, logger="keras_resnet.data"):
         uncached = _first_batches(data.make_pipelines(folder, 4, **kwargs)[0], 3)
     assert "Not caching the training images" in caplog.text
@@ -331,7 +332,7 @@ def test_eval_images_use_the_shared_eval_resize(folder):
     images = next(iter(evals))[0].numpy()
     assert len(images) == len(held_out) == 6
     for f, got in zip(held_out, images):
-        original = data._decode_file((tf.constant(f.path), tf.constant(f.use_pil)))
+        original = folders._decode_file((tf.constant(f.path), tf.constant(f.use_pil)))
         np.testing.assert_array_equal(got, eval_resize(original, (16, 16), 0.875).numpy())
 
 

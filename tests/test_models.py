@@ -76,6 +76,10 @@ LARGE = ["resnet1202", "preact_resnet1001", "resnet200", "resnext101_32x8d", "re
          "resnet101", "resnet101_v1", "resnet101_v2", "resnet101d", "se_resnet101",
          "preact_resnet101", "preact_resnet164"]
 FULL = [n for n in kr.list_models() if n not in LARGE]
+# The first test tier runs one model per family; the second tier (-m slow) all of them.
+TIER1 = {"resnet20", "resnet18", "resnet50", "resnet50_v1", "resnet50_v2", "resnet50d", "se_resnet18",
+         "preact_resnet20", "preact_resnet18", "wrn16_4", "resnext50_32x4d", "resnet9_half"}
+FULL_TIERED = [n if n in TIER1 else pytest.param(n, marks=pytest.mark.slow) for n in FULL]
 
 
 def _small_input(name, side=64):
@@ -144,7 +148,7 @@ def test_keras_applications_counts():
         assert (trainable_count(ours), ours.count_params()) == (trainable_count(ref), ref.count_params())
 
 
-@pytest.mark.parametrize("name", FULL)
+@pytest.mark.parametrize("name", FULL_TIERED)
 def test_registered_model(name, tmp_path):
     """Every registered model: reference count, depth, then the harness (forward,
     shape, finite, gradients, config round trip, .keras with safe_mode)."""
@@ -153,6 +157,7 @@ def test_registered_model(name, tmp_path):
     run_model_test(model, tmp_path, expected_output_shape=(None, 7))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", LARGE)
 def test_large_registered_model_builds(name):
     """The cheap check of the largest models: build, count, depth, a training-mode pass."""

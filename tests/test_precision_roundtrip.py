@@ -51,6 +51,7 @@ def arrays(tmp_path_factory):
     return str(path)
 
 
+@pytest.mark.slow  # about 75 s per precision: the second tier
 @pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16", "mixed_float16"])
 def test_trained_model_round_trips_in_fresh_processes(precision, arrays, tmp_path):
     keys = list(MODELS)

@@ -1,0 +1,1 @@
+"""Optional, opt-in extensions the core library never imports."""
