@@ -9,6 +9,7 @@ Keras already has `BackupAndRestore`, `ModelCheckpoint`, `CSVLogger` and
 """
 
 import csv
+import json
 import math
 import os
 
@@ -16,20 +17,12 @@ import keras
 import numpy as np
 
 from keras_resnet import compat
+from keras_resnet.atomic import atomic_save, write_text
 
 
 def _finite(logs):
     return all(math.isfinite(float(v)) for v in (logs or {}).values()
                if isinstance(v, (int, float, np.floating, np.integer)))
-
-
-def _atomic_save(save_fn, path):
-    """Writes with `save_fn(tmp)` then renames, so `path` is always whole."""
-    base, name = os.path.split(path)
-    stem, dot, ext = name.partition(".")
-    tmp = os.path.join(base, f"{stem}.tmp-{os.getpid()}{dot}{ext}")
-    save_fn(tmp)
-    os.replace(tmp, path)
 
 
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -72,14 +65,12 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def save_now(self):
         """Writes the current state (also called on Ctrl-C / SIGTERM)."""
-        import json
-
         os.makedirs(self.backup_dir, exist_ok=True)
         weights_path, metadata_path, _ = compat.backup_paths(self)
-        _atomic_save(lambda p: self.model.save_weights(p, overwrite=True), weights_path)
+        atomic_save(lambda p: self.model.save_weights(p, overwrite=True), weights_path)
         epoch, batch = compat.backup_position(self)
         meta = {"epoch": epoch, "batch": batch}
-        _atomic_save(lambda p: open(p, "w").write(json.dumps(meta)), metadata_path)
+        atomic_save(lambda p: open(p, "w").write(json.dumps(meta)), metadata_path)
 
     @property
     def resumed_epoch(self):
@@ -87,7 +78,13 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
 
 
 class BestCheckpoint(keras.callbacks.Callback):
-    """Saves the full model (`.keras`) when `monitor` improves, atomically."""
+    """Saves the full model (`.keras`) when `monitor` improves, atomically.
+
+    The best value so far is kept beside the model in `<filepath>.json`, written
+    after the model, so a resumed run (a new process) compares against the true
+    best instead of starting from -inf and replacing `best.keras` with a worse
+    epoch.
+    """
 
     def __init__(self, filepath, monitor="val_accuracy", mode="max"):
         super().__init__()
@@ -107,7 +104,26 @@ class BestCheckpoint(keras.callbacks.Callback):
         better = value > self.best if self.mode == "max" else value < self.best
         if better:
             self.best = float(value)
-            _atomic_save(lambda p: self.model.save(p), self.filepath)
+            atomic_save(lambda p: self.model.save(p), self.filepath)
+            record = {"monitor": self.monitor, "mode": self.mode, "value": self.best, "epoch": int(epoch)}
+            atomic_save(lambda p: write_text(p, json.dumps(record)), self.record_path)
+
+    @property
+    def record_path(self):
+        return self.filepath + ".json"
+
+    def on_train_begin(self, logs=None):
+        """Restores the best value of an earlier session of this run, when its
+        record is for the same monitor and mode and its model file exists."""
+        try:
+            with open(self.record_path) as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            return
+        if (isinstance(record, dict) and record.get("monitor") == self.monitor
+                and record.get("mode") == self.mode and os.path.exists(self.filepath)
+                and isinstance(record.get("value"), (int, float)) and math.isfinite(record["value"])):
+            self.best = float(record["value"])
 
 
 class ResumableCSVLogger(keras.callbacks.CSVLogger):
@@ -125,8 +141,6 @@ class ResumableCSVLogger(keras.callbacks.CSVLogger):
     def _resume_epoch(self):
         """The epoch the backup will resume from (callbacks' on_train_begin
         order is not guaranteed to restore the backup first, so read it)."""
-        import json
-
         path = os.path.join(self.backup_dir or "", "training_metadata.json")
         if self.backup_dir and os.path.exists(path):
             with open(path) as f:
@@ -140,10 +154,12 @@ class ResumableCSVLogger(keras.callbacks.CSVLogger):
                 rows = list(csv.DictReader(f))
             keep = [r for r in rows if int(r["epoch"]) < start]
             if keep:
-                with open(self.filename, "w", newline="") as f:
-                    writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
-                    writer.writeheader()
-                    writer.writerows(keep)
+                def write(path):
+                    with open(path, "w", newline="") as f:
+                        writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+                        writer.writeheader()
+                        writer.writerows(keep)
+                atomic_save(write, self.filename)  # a kill here leaves the old file whole
             else:
                 os.remove(self.filename)
         self.append = True

@@ -21,6 +21,7 @@ _FLAG_HELP = {
     "recipe": f"Recipe to start from: {', '.join(sorted(RECIPES))}.",
     "model": "Registered model name (see `keras-resnet models`).",
     "weights": "Start from these weights: a .keras/.weights.h5 file or 'imagenet'.",
+    "offline": "Never download: a tensorflow-datasets dataset that is not prepared is an error.",
     "dataset": "tfds name (cifar10, tf_flowers, ...), an image folder, or an .npz file.",
     "data_dir": "tensorflow-datasets data directory (default: $TFDS_DATA_DIR).",
     "output": "Run directory; rerunning with the same one resumes an unfinished run.",
@@ -93,13 +94,17 @@ def _add_train_flags(parser):
             continue
         base = typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Union else hint
         kind = {bool: _parse_bool, int: int, float: float, str: str}.get(base, str)
+        # A bool flag alone means true (`--offline`); `--offline false` also parses.
+        bool_form = dict(nargs="?", const=True) if base is bool else {}
         parser.add_argument(flag, dest=name, type=_optional(kind) if base is not bool else kind,
-                            default=argparse.SUPPRESS, metavar=name.upper(),
+                            default=argparse.SUPPRESS, metavar=name.upper(), **bool_form,
                             help=f"{help_text} (recipe default: {field.default!r})"
                             if field.default is not dataclasses.MISSING else help_text)
 
 
 def build_parser():
+    from keras_resnet.image_guard import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_PIXELS
+
     parser = argparse.ArgumentParser(
         prog="keras-resnet", description="Train, evaluate, predict with and export Keras ResNets.")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -115,6 +120,7 @@ def build_parser():
     p.add_argument("run", help="Run directory or .keras file.")
     p.add_argument("--dataset", default=None, help="Dataset (default: the run's).")
     p.add_argument("--data-dir", default=None, help="tensorflow-datasets data directory.")
+    p.add_argument("--offline", action="store_true", help="Never download: a missing dataset is an error.")
     p.add_argument("--split", default=None, help="Split to evaluate (default: the run's eval split).")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--tta-flip", type=_parse_bool, default=True, help="Also report flip test-time augmentation.")
@@ -123,11 +129,19 @@ def build_parser():
     p.add_argument("run", help="Run directory or .keras file.")
     p.add_argument("images", nargs="+", help="Image files or folders.")
     p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="Images whose header announces more pixels are skipped before decoding.")
 
     p = sub.add_parser("export", help="Export a run for TF Serving, TFLite or ONNX.")
     p.add_argument("run", help="Run directory (holding model.keras and config.json).")
     p.add_argument("--output", required=True, help="Export directory (SavedModel under OUTPUT/<version>/).")
     p.add_argument("--format", default="saved_model", choices=["saved_model", "tflite", "onnx"])
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="Serving: images whose header announces more pixels are refused before decoding.")
+    p.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE,
+                   help="Serving: requests holding more images are refused.")
+    p.add_argument("--max-request-pixels", type=int, default=DEFAULT_MAX_REQUEST_PIXELS,
+                   help="Serving: requests whose images hold more pixels in all are refused.")
 
     p = sub.add_parser("models", help="List the registered models.")
     p.add_argument("--params", action="store_true", help="Also build each model and count parameters (slow).")
@@ -188,7 +202,7 @@ def _evaluate(args):
     _, eval_ds, info = kr_data.make_pipelines(
         dataset, args.batch_size, image_size=image_size, augment=None,
         data_dir=args.data_dir or cfg.get("data_dir"), eval_split=args.split or cfg.get("eval_split"),
-        crop_fraction=run_config.get("data", {}).get("crop_fraction"))
+        crop_fraction=run_config.get("data", {}).get("crop_fraction"), offline=args.offline)
     print(json.dumps(evaluate_model(model, eval_ds, tta_flip=args.tta_flip), indent=2))
 
 
@@ -212,10 +226,13 @@ def _predict(args):
     import numpy as np
     import tensorflow as tf
 
+    from keras_resnet.data.folders import BadImageError, load_image
     from keras_resnet.preprocessing import eval_resize
 
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1. Received: top_k={args.top_k}")
+    if args.max_pixels < 1:
+        raise ValueError(f"--max-pixels must be >= 1. Received: max_pixels={args.max_pixels}")
     model, run_config = _load_run(args.run)
     data = run_config.get("data", {})
     names = data.get("class_names")
@@ -224,11 +241,11 @@ def _predict(args):
     print(f"{'image':40s} " + " ".join(f"{'top' + str(i + 1):>22s}" for i in range(k)))
     for path in _list_images(args.images):
         try:
-            image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        except tf.errors.InvalidArgumentError:
-            print(f"{path:40s} skipped: not a decodable image")
+            image = load_image(path, max_pixels=args.max_pixels)
+        except BadImageError as e:
+            print(f"{path:40s} skipped: {e}")
             continue
-        batch = eval_resize(image[None], image_size, data.get("crop_fraction"))
+        batch = eval_resize(tf.constant(image)[None], image_size, data.get("crop_fraction"))
         probs = np.asarray(model(batch, training=False))[0]
         top = np.argsort(-probs)[:k]
         cells = [f"{(names[i] if names else str(i))[:14]:>14s} {probs[i]:6.1%}" for i in top]
@@ -238,7 +255,11 @@ def _predict(args):
 def _export(args):
     from keras_resnet.export import export_run
 
-    result = export_run(args.run, args.output, format=args.format)
+    limits = {}
+    if args.format == "saved_model":
+        limits = dict(max_pixels=args.max_pixels, max_batch_size=args.max_batch_size,
+                      max_request_pixels=args.max_request_pixels)
+    result = export_run(args.run, args.output, format=args.format, **limits)
     print(result if isinstance(result, str) else json.dumps(result, indent=2, default=str))
 
 

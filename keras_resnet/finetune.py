@@ -273,15 +273,9 @@ def load_backbone(model, source, include_head=False):
     if isinstance(source, keras.Model):
         return port_weights(source, model, exclude=exclude)
     if source == "imagenet":
-        from keras_resnet.models import KERAS_APPLICATIONS
+        from keras_resnet.weights import keras_applications_name
 
-        depth = int("".join(c for c in model.name if c.isdigit()) or 0)
-        preact = any(l.name == "post_bn" for l in model.layers)
-        app_name = KERAS_APPLICATIONS.get((depth, preact))
-        if app_name is None:
-            raise ValueError(f"No ImageNet weights for model {model.name!r}. Use resnet50_v1, "
-                             "resnet101_v1, resnet152_v1 or their _v2 forms.")
-        app = getattr(keras.applications, app_name)(weights="imagenet", include_top=True)
+        app = getattr(keras.applications, keras_applications_name(model))(weights="imagenet", include_top=True)
         return port_weights(app, model, exclude=exclude)
     source = str(source)
     if source.endswith(".keras"):

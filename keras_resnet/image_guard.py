@@ -19,6 +19,10 @@ from keras_resnet.preprocessing import eval_resize
 
 # The largest image (width x height, all frames of a GIF) decoded by default.
 DEFAULT_MAX_PIXELS = 40_000_000
+# One serving request: at most this many images, and this many pixels in all
+# (bounds the decode work and the float32 batch a request can make the server hold).
+DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_MAX_REQUEST_PIXELS = 100_000_000
 # What `serving_default` accepts. JPEG XL, which tf.io.decode_image also
 # reads in TF 2.21, is refused: its header is not parsed, so the pixel limit
 # could not be enforced before decoding.

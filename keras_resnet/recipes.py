@@ -36,6 +36,7 @@ class TrainConfig:
     # Data
     dataset: str = "cifar10"
     data_dir: Optional[str] = None
+    offline: bool = False
     train_split: Optional[str] = None
     eval_split: Optional[str] = None
     image_size: Optional[int] = None

@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_resnet import callbacks as kr_callbacks
+from keras_resnet.atomic import atomic_save, write_json_atomic
 from keras_resnet import compat, distribute, optimizers
 from keras_resnet.hostinfo import StealMeter, steal_warning
 from keras_resnet.recipes import TrainConfig, get_recipe
@@ -88,13 +89,6 @@ def _environment(strategy_name, strategy, precision):
         "onednn": compat.onednn_enabled(),
         "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
     }
-
-
-def _write_json(path, value):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
 
 
 def make_optimizer(config, steps_per_epoch, total_steps, global_batch):
@@ -216,6 +210,32 @@ class _Run:
             not self.chief or os.path.exists(os.path.join(self.run_dir, "model.keras")))
 
 
+# Fields a resumed run may change: how it prints, where its data or outputs live.
+_RESUMABLE_CHANGES = ("verbose", "output", "data_dir", "offline")
+
+
+def _check_resume(run, config):
+    """Refuses to continue an unfinished run under a different config: its backup
+    holds the old run's state, and config.json would be overwritten silently."""
+    path = os.path.join(run.run_dir, "config.json")
+    try:
+        with open(path) as f:
+            stored = (json.load(f) or {}).get("config") or {}
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as e:
+        raise ValueError(f"Cannot read {path} to resume the run: {e}. Move the run directory away "
+                         f"or pass another --output. Received: output={run.run_dir!r}") from None
+    now = json.loads(json.dumps(config.to_dict(), default=str))
+    changed = [k for k in sorted(set(stored) & set(now))
+               if k not in _RESUMABLE_CHANGES and stored[k] != now[k]]
+    if changed:
+        listed = ", ".join(f"{k}: {stored[k]!r} -> {now[k]!r}" for k in changed[:5])
+        raise ValueError(f"{run.run_dir} holds an unfinished run with a different config ({listed}). "
+                         "Resume it with the same settings, or pass another --output. "
+                         f"Received: output={run.run_dir!r}")
+
+
 def _open_run(config):
     run_dir = config.output or _default_run_dir(config)
     config.output = run_dir
@@ -264,7 +284,7 @@ def _make_data(config, train_data, eval_data):
         data_dir=config.data_dir, train_split=config.train_split, eval_split=config.eval_split,
         seed=config.seed, one_hot=True, mixup_alpha=config.mixup_alpha,
         cutmix_alpha=config.cutmix_alpha, random_erasing=config.random_erasing,
-        max_examples=config.max_train_examples)
+        max_examples=config.max_train_examples, offline=config.offline)
     return train_ds, (eval_data if eval_data is not None else default_eval), info
 
 
@@ -390,14 +410,15 @@ def train(config, *, train_data=None, eval_data=None, extra_callbacks=(), model_
     run = _open_run(config)
     if run.finished():
         return _finished_result(run)
+    _check_resume(run, config)
     strategy, strategy_name, precision = _start_runtime(config)
     train_ds, eval_data, info = _make_data(config, train_data, eval_data)
     steps_per_epoch, epochs = _schedule_length(config, info)
     if run.chief:
-        _write_json(os.path.join(run.run_dir, "config.json"), {
+        write_json_atomic(os.path.join(run.run_dir, "config.json"), {
             "config": config.to_dict(), "data": info.to_dict(), "steps_per_epoch": steps_per_epoch,
             "epochs": epochs, "global_batch_size": config.batch_size})
-        _write_json(os.path.join(run.run_dir, "environment.json"),
+        write_json_atomic(os.path.join(run.run_dir, "environment.json"),
                     _environment(strategy_name, strategy, precision))
     model = _build_compiled_model(config, info, strategy, steps_per_epoch, steps_per_epoch * epochs)
     if strategy_name == "multi_worker":
@@ -420,9 +441,9 @@ def train(config, *, train_data=None, eval_data=None, extra_callbacks=(), model_
     if eval_data is not None:
         metrics.update(evaluate_model(model, eval_data, tta_flip=config.tta_flip))
     if run.chief:  # the model, plots and history are the chief's alone
-        model.save(os.path.join(run.run_dir, "model.keras"))
+        atomic_save(model.save, os.path.join(run.run_dir, "model.keras"))
         _plot_history(os.path.join(run.run_dir, "history.csv"), run.run_dir)
-    _write_json(run.metrics_path, metrics)
+    write_json_atomic(run.metrics_path, metrics)
     log.info("Finished %s: %s", run.run_dir, metrics)
     return TrainResult(model, history, metrics, run.run_dir)
 

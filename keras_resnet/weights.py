@@ -10,6 +10,7 @@ import os
 import keras
 
 from keras_resnet import layers as blocks
+from keras_resnet.layers import walk_layers
 from keras_resnet.models import KERAS_APPLICATIONS, ResNet, imagenet_layout
 
 
@@ -121,6 +122,37 @@ def from_keras_applications(app_model, input_shape=None, num_classes=None, **opt
                    **layout, **options)
     port_weights(app_model, model, strict=True)
     return model
+
+
+def keras_applications_name(model):
+    """The keras.applications model whose ImageNet weights fit `model`'s layout
+    (`"ResNet50"`, `"ResNet101V2"`, ...), or a ValueError saying why none does.
+
+    The depth is the first number in the model's name (`resnet50_v1` -> 50,
+    `preact_resnet101` -> 101); pre-activation models have a `post_bn` layer.
+    keras.applications' V1 weights need conv biases, which the v1.5 layout
+    (`resnet50`, torchvision's) does not have.
+    """
+    import re
+
+    match = re.search(r"(\d+)", model.name)
+    depth = int(match.group(1)) if match else None
+    layers = {layer.name: layer for layer in walk_layers(model)}
+    preact = "post_bn" in layers
+    app_name = KERAS_APPLICATIONS.get((depth, preact))
+    if app_name is None:
+        raise ValueError(
+            f"No keras.applications ImageNet weights for a {'pre-activation ' if preact else ''}"
+            f"ResNet of depth {depth}: they exist for resnet50_v1, resnet101_v1, resnet152_v1 and "
+            f"their _v2 forms. Received: model.name={model.name!r}")
+    stem = layers.get("conv1_conv")
+    if stem is not None and not getattr(stem, "use_bias", True):
+        raise ValueError(
+            f"keras.applications' {app_name} weights need the keras.applications layout (conv "
+            f"biases, stride on the 1x1): build {'resnet%d_v2' % depth if preact else 'resnet%d_v1' % depth}"
+            f" instead. Received: model.name={model.name!r}, whose convolutions have no biases "
+            "(the v1.5 layout of torchvision and timm)")
+    return app_name
 
 
 def load_weights(model, weights, depth=None, preact=False):

@@ -486,14 +486,15 @@ def test_tfds_errors_offline(tmp_path, monkeypatch):
     os.makedirs(empty)
     start = time.monotonic()
     with pytest.raises(ValueError) as err:
-        data.make_pipelines("cifar10", 8, data_dir=empty)
+        data.make_pipelines("cifar10", 8, data_dir=empty, offline=True)
     message = str(err.value)
     assert "not prepared" in message and empty in message and "data_dir" in message
-    assert "TFDS_DATA_DIR" in message and "never downloads" in message
+    assert "TFDS_DATA_DIR" in message and "nothing is downloaded" in message and "--offline" in message
+    assert "../shared" not in message  # no folder of this repository's surroundings (only what the user set)
     # TFDS_DATA_DIR is honoured when data_dir is not given.
     monkeypatch.setenv("TFDS_DATA_DIR", empty)
     with pytest.raises(ValueError, match="not prepared.*" + empty.replace("\\", "\\\\")):
-        data.load_tfds("cifar10", "train")
+        data.load_tfds("cifar10", "train", offline=True)
     assert time.monotonic() - start < 30  # fails fast: no download attempt, no network wait
     with pytest.raises(ValueError, match=r"Unknown tensorflow-datasets name.*source='no_such_dataset_xyz'"):
         data.make_pipelines("no_such_dataset_xyz", 8)

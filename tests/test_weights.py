@@ -242,3 +242,50 @@ def test_imagenet_weights_v2_headless_and_new_head(fake_imagenet):
     x = random_inputs(model, batch=1)
     ref = keras.layers.GlobalAveragePooling2D()(first(x))
     assert _max_diff(model(x), ref) <= 1e-4
+
+
+# --- load_backbone(..., "imagenet") and train(weights="imagenet") by model name ---------
+
+@pytest.mark.parametrize("name, app_name", [
+    ("resnet50_v1", "ResNet50"), ("resnet101_v1", "ResNet101"), ("resnet152_v1", "ResNet152"),
+    ("resnet50_v2", "ResNet50V2"), ("resnet101_v2", "ResNet101V2"), ("resnet152_v2", "ResNet152V2")])
+def test_load_backbone_imagenet_for_every_keras_applications_layout(fake_imagenet, name, app_name):
+    """The depth is read from the name's first number (resnet50_v1 is 50, not 501)."""
+    from keras_resnet import finetune
+
+    assert kr.weights.keras_applications_name(kr.create_model(name, num_classes=5)) == app_name
+    if name not in ("resnet50_v1", "resnet50_v2"):
+        return  # the deeper ones: the name check above; the copy below is the same code
+    model = kr.create_model(name, num_classes=5, input_shape=(64, 64, 3))
+    copied = finetune.load_backbone(model, "imagenet")
+    app = fake_imagenet[-1]
+    assert len(copied) > 50 and "predictions" not in copied
+    _assert_same_weights(app, model, skip=("predictions",))
+
+
+def test_load_backbone_imagenet_refuses_the_v15_layout_by_name():
+    from keras_resnet import finetune
+
+    with pytest.raises(ValueError, match=r"build resnet50_v1 instead.*model.name='resnet50'"):
+        finetune.load_backbone(kr.create_model("resnet50", num_classes=5), "imagenet")
+    with pytest.raises(ValueError, match=r"depth 18.*model.name='resnet18'"):
+        finetune.load_backbone(kr.create_model("resnet18", num_classes=5), "imagenet")
+
+
+def test_train_with_imagenet_weights_for_a_v1_model(fake_imagenet, tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = {"train": (rng.integers(0, 255, (16, 32, 32, 3), dtype=np.uint8), np.arange(16) % 2),
+              "test": (rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8), np.arange(8) % 2)}
+    from keras_resnet import data
+
+    train_ds, eval_ds, info = data.make_pipelines(arrays, 8, augment=None)
+    result = kr.train({"recipe": "cifar10_fast", "model": "resnet50_v1", "weights": "imagenet",
+                       "epochs": 1, "batch_size": 8, "learning_rate": 1e-12, "weight_decay": 0.0,
+                       "output": str(tmp_path / "run"), "verbose": 0, "precision": "float32"},
+                      train_data=(train_ds, info), eval_data=eval_ds)
+    app = fake_imagenet[-1]
+    conv = app.get_layer("conv1_conv").kernel.numpy()
+    ours = kr.walk_layers(result.model)
+    # Trained at a negligible learning rate: the stem is still the ImageNet one it started from.
+    stem = next(l for l in ours if l.name == "conv1_conv").kernel.numpy()
+    np.testing.assert_allclose(stem, conv, atol=1e-6)

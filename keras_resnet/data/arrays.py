@@ -9,6 +9,8 @@ import tensorflow as tf
 from keras_resnet.data.source import STATS_SAMPLE, SourceInfo, _Source, _Split, _channel_stats, _identity_rgb
 
 log = logging.getLogger("keras_resnet.data")
+# Labels inferred to mean more classes than this must also be dense (see _inferred_num_classes).
+MAX_INFERRED_CLASSES = 1000
 
 
 def _check_arrays(x, y, where="source"):
@@ -45,6 +47,19 @@ def _check_arrays(x, y, where="source"):
     return np.ascontiguousarray(x), y.astype(np.int64)
 
 
+def _inferred_num_classes(labels, where="source"):
+    """`max(label) + 1` over every label array, refusing a count the labels cannot
+    mean: a stray huge label would otherwise build a classifier head of that size."""
+    top = max(int(y.max()) for y in labels)
+    distinct = len(np.unique(np.concatenate([np.unique(y) for y in labels])))
+    if top + 1 > max(2 * distinct, MAX_INFERRED_CLASSES):
+        raise ValueError(
+            f"The largest label is {top} but only {distinct} distinct labels appear, so the class "
+            f"count would be {top + 1}: pass num_classes= (or class_names=) to mean it, or remap "
+            f"the labels to 0..K-1. Received: {where} with max(y)={top}")
+    return top + 1
+
+
 def _check_labels(y, num_classes, where="source"):
     """int32 labels, all in `[0, num_classes)`."""
     if y.min() < 0 or y.max() >= num_classes:
@@ -55,6 +70,12 @@ def _check_labels(y, num_classes, where="source"):
 
 def _to_uint8(x, where):
     x = x.astype(np.float32)
+    finite = np.isfinite(x)
+    if not finite.all():
+        first = tuple(int(i) for i in np.argwhere(~finite)[0])
+        raise ValueError(f"Pixel values must be finite: {int((~finite).sum())} are NaN or infinite "
+                         f"(the first at x[{', '.join(map(str, first))}]). Received: {where} with "
+                         f"x[{', '.join(map(str, first))}]={x[first]}")
     low, high = float(x.min()), float(x.max())
     if low < 0 or high > 255:
         raise ValueError(f"Pixel values must be in [0, 1] or [0, 255]. Received: {where} with "
@@ -96,7 +117,7 @@ def from_arrays(x, y, num_classes=None, class_names=None, name="arrays"):
     if num_classes is None and class_names is not None:
         num_classes = len(class_names)
     x, y = _check_arrays(x, y)
-    num_classes = num_classes or int(y.max()) + 1
+    num_classes = num_classes or _inferred_num_classes([y], "x, y")
     y = _check_labels(y, num_classes)
     names = [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(num_classes)]
     split = _arrays_split(x, y)
@@ -154,7 +175,8 @@ def _arrays_source(arrays, name, validation_split):
     names = arrays.get("class_names")
     parts = {k: _check_arrays(*arrays[k], where=f"source[{k!r}]") for k in ("train", "test") if k in arrays}
     # Default: the union of both splits (a class absent from train is still a class).
-    num_classes = len(names) if names is not None else 1 + max(int(y.max()) for _, y in parts.values())
+    num_classes = len(names) if names is not None else _inferred_num_classes(
+        [y for _, y in parts.values()], "source")
     x, y = parts["train"][0], _check_labels(parts["train"][1], num_classes, "source['train']")
     if "test" in parts:
         x_eval, y_eval = parts["test"][0], _check_labels(parts["test"][1], num_classes, "source['test']")

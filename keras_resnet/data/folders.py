@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_resnet.data.source import AUTOTUNE, SourceInfo, _Source, _Split, _channel_stats, _decode_bytes
-from keras_resnet.image_guard import DEFAULT_MAX_PIXELS
+from keras_resnet.image_guard import DEFAULT_MAX_PIXELS, header_pixels
 
 log = logging.getLogger("keras_resnet.data")
 
@@ -75,6 +75,29 @@ def _decode_file(item):
     return image
 
 
+def _gif_pixels(path):
+    """Pixels a GIF's frames announce (every frame, as the serving guard counts them)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return float(header_pixels(tf.constant(data)).numpy())
+
+
+def load_image(path, max_pixels=DEFAULT_MAX_PIXELS):
+    """One image file as uint8 RGB `[H, W, 3]`, checked from its header first.
+
+    Raises:
+        BadImageError: what `inspect_image` refuses (not an image, unsupported,
+            over `max_pixels`), or data the decoder rejects.
+    """
+    info = inspect_image(path, max_pixels=max_pixels)
+    try:
+        if info.use_pil:
+            return _pil_rgb(path)
+        return _decode_bytes(tf.io.read_file(path)).numpy()
+    except (tf.errors.InvalidArgumentError, OSError, ValueError) as e:
+        raise BadImageError(f"the decoder rejected it ({_tf_error_text(e)})") from None
+
+
 def inspect_image(path, max_pixels=DEFAULT_MAX_PIXELS, label=0):
     """Checks one file from its header only (no pixels are decoded).
 
@@ -108,6 +131,14 @@ def inspect_image(path, max_pixels=DEFAULT_MAX_PIXELS, label=0):
     if width * height > max_pixels:
         raise BadImageError(f"{width}x{height} = {width * height:,} pixels exceeds "
                             f"max_pixels={max_pixels:,}; rejected before decoding")
+    if fmt == "GIF":
+        # Pillow reports the first frame; TensorFlow's decoder allocates every frame at
+        # the largest frame's size. The serving guard's header walk counts them all.
+        pixels = _gif_pixels(path)
+        if pixels < 0 or pixels > max_pixels:
+            raise BadImageError(
+                f"GIF frames announce {pixels:,.0f} pixels in all, over max_pixels={max_pixels:,}; "
+                "rejected before decoding" if pixels >= 0 else "unreadable GIF header")
     if width < 1 or height < 1:
         raise BadImageError(f"empty image ({width}x{height})")
     if fmt in TF_FORMATS and not (fmt == "BMP" and mode not in ("RGB", "RGBA")):

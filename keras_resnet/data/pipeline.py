@@ -43,7 +43,8 @@ SHUFFLE_BUFFER = 20_000      # decoded or encoded examples; file names shuffle i
 CACHE_MEMORY_FRACTION = 0.4  # of the memory available when the pipeline is built
 
 
-def _open_source(source, *, data_dir, train_split, eval_split, validation_split, seed, strict, max_pixels):
+def _open_source(source, *, data_dir, train_split, eval_split, validation_split, seed, strict, max_pixels,
+                 offline=False):
     if isinstance(source, dict):
         return _arrays_source(source, "arrays", validation_split)
     if isinstance(source, (tuple, list)) and len(source) == 2 and not isinstance(source[0], (str, os.PathLike)):
@@ -55,11 +56,18 @@ def _open_source(source, *, data_dir, train_split, eval_split, validation_split,
     if path.lower().endswith(".npz"):
         name = os.path.splitext(os.path.basename(path))[0]
         return _arrays_source(load_npz(path), name, validation_split)
-    if os.path.exists(path) or os.path.isabs(path) or os.fspath(source).startswith((".", "~")):
+    bare = os.sep not in os.fspath(source) and not os.fspath(source).startswith((".", "~"))
+    if os.path.exists(os.path.join(path, "config.json")) and os.path.isdir(path):
+        # A keras_resnet run directory (`--output cifar10`) is never a dataset: a bare
+        # name means the tfds dataset; a path is a mistake worth naming.
+        if not bare:
+            raise ValueError(f"{path!r} is a keras_resnet run directory (it holds config.json), not an "
+                             f"image folder. Received: source={source!r}")
+    elif os.path.exists(path) or os.path.isabs(path) or not bare:
         return _folder_source(path, validation_split, seed, strict, max_pixels)
     # Anything else is a tfds name ("imagenette/160px" has a slash too); its
     # error says that no such folder exists either.
-    return _tfds_source(source, data_dir, train_split, eval_split, validation_split, seed)
+    return _tfds_source(source, data_dir, train_split, eval_split, validation_split, seed, offline)
 
 
 def _normalization(source):
@@ -295,7 +303,7 @@ def make_pipelines(source, batch_size, *, image_size=None, augment="auto", data_
                    train_split=None, eval_split=None, validation_split=0.1, seed=0, cache=True,
                    one_hot=True, mixup_alpha=0.0, cutmix_alpha=0.0, random_erasing=0.0,
                    randaugment=None, crop_fraction=None, deterministic=False, input_context=None,
-                   max_examples=None, strict=False, max_pixels=DEFAULT_MAX_PIXELS):
+                   max_examples=None, strict=False, max_pixels=DEFAULT_MAX_PIXELS, offline=False):
     """Training and evaluation `tf.data` pipelines for `model.fit`.
 
     Args:
@@ -306,7 +314,11 @@ def make_pipelines(source, batch_size, *, image_size=None, augment="auto", data_
         image_size: `(h, w)` or an int; default: the images' own size when they
             all share one, else 224.
         augment: "cifar", "imagenet", None, or "auto" ("cifar" up to 64 px).
-        data_dir: tfds data directory (default `$TFDS_DATA_DIR`).
+        data_dir: tfds data directory (default `$TFDS_DATA_DIR`, then tfds's own).
+            A tfds dataset that is not there is downloaded and prepared into it
+            on first use, unless `offline`.
+        offline: never download: a tfds dataset that is not prepared is an
+            error saying where it looked (what tests and CI use).
         train_split, eval_split: tfds split strings ("train[:90%]" passes through).
         validation_split: held-out fraction when the source has no eval split.
         seed: shuffling and augmentation seed (None: random, 0 if deterministic).
@@ -343,7 +355,7 @@ def make_pipelines(source, batch_size, *, image_size=None, augment="auto", data_
         seed = 0 if deterministic else int.from_bytes(os.urandom(4), "little") >> 1
     source_obj = _open_source(source, data_dir=data_dir, train_split=train_split, eval_split=eval_split,
                               validation_split=validation_split, seed=seed, strict=strict,
-                              max_pixels=max_pixels)
+                              max_pixels=max_pixels, offline=offline)
     size = image_size or source_obj.train.fixed_size or (224, 224)
     size = tuple(int(s) for s in size)
     augment = aug.resolve_augment(augment, size)

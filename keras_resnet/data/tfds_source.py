@@ -20,11 +20,13 @@ def _tfds_base_name(name):
     return name.split("/")[0].split(":")[0]
 
 
-def _tfds_builder(name, data_dir):
-    """A prepared tfds builder; never downloads.
+def _tfds_builder(name, data_dir, offline=False):
+    """A prepared tfds builder: downloaded and prepared on first use (tfds's own
+    progress bars), unless `offline`.
 
     Raises:
-        ValueError: unknown name, or not prepared (saying where it looked).
+        ValueError: unknown name; not prepared and `offline` (saying where it
+            looked); or the download failed (saying why and how to go offline).
     """
     import tensorflow_datasets as tfds
 
@@ -35,13 +37,27 @@ def _tfds_builder(name, data_dir):
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"Unknown tensorflow-datasets name (and not an existing folder or .npz file). "
                          f"Received: source={name!r}. tfds says: {first_line}") from None
-    if not builder.is_prepared():
+    if builder.is_prepared():
+        return builder
+    where = (f"looked in {builder.data_dir!r} (data_dir={data_dir!r}, "
+             f"TFDS_DATA_DIR={os.environ.get('TFDS_DATA_DIR')!r})")
+    if offline:
         raise ValueError(
-            f"The tensorflow-datasets dataset {name!r} is not prepared: looked in {builder.data_dir!r} "
-            f"(data_dir={data_dir!r}, TFDS_DATA_DIR={os.environ.get('TFDS_DATA_DIR')!r}). keras_resnet "
-            "never downloads. Point `data_dir=` (CLI: --data-dir) or TFDS_DATA_DIR at a folder holding "
-            f"{_tfds_base_name(name)}/<version>/, or prepare it once "
-            f"with network access: tfds.builder({name!r}, data_dir=...).download_and_prepare().")
+            f"The tensorflow-datasets dataset {name!r} is not prepared: {where}. Offline "
+            "(offline=True / --offline), so nothing is downloaded. Point `data_dir=` (CLI: --data-dir) "
+            f"or TFDS_DATA_DIR at a folder holding {_tfds_base_name(name)}/<version>/, or run once "
+            "without --offline to download and prepare it.")
+    log.info("Downloading and preparing %r into %s (once; later runs read it from there).",
+             name, builder.data_dir)
+    try:
+        builder.download_and_prepare()
+    except Exception as e:  # network, disk, checksum
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"Could not download and prepare the tensorflow-datasets dataset {name!r} into "
+            f"{builder.data_dir!r}: {first_line}. Without network access, prepare it on another "
+            "machine and point data_dir= / TFDS_DATA_DIR at it (and pass --offline to fail fast). "
+            f"Received: source={name!r}") from None
     return builder
 
 
@@ -85,29 +101,32 @@ def _tfds_class_names(builder):
     return list(names) if names else [str(i) for i in range(label.num_classes)]
 
 
-def load_tfds(name, split, data_dir=None):
-    """One split of a prepared tensorflow-datasets dataset; never downloads.
+def load_tfds(name, split, data_dir=None, offline=False):
+    """One split of a tensorflow-datasets dataset, downloaded and prepared on
+    first use unless `offline`.
 
     Args:
         name: tfds name, e.g. "cifar10" or "imagenette/160px".
         split: split string; slicing such as "train[:90%]" passes through.
         data_dir: tfds data directory; default `$TFDS_DATA_DIR`, then tfds's own.
+        offline: never download; a dataset that is not prepared is an error.
 
     Returns:
         `(dataset, SourceInfo)`; examples are `(uint8 [H, W, 3], int32 label)`.
 
     Raises:
-        ValueError: unknown name or split, or the dataset is not prepared.
+        ValueError: unknown name or split, or the dataset is not prepared
+            (offline) or could not be downloaded.
     """
-    builder = _tfds_builder(name, data_dir)
+    builder = _tfds_builder(name, data_dir, offline)
     part = _tfds_split(name, builder, split, data_dir)
     names = _tfds_class_names(builder)
     ds = part.ds.map(lambda x, y: (part.decode(x), y), num_parallel_calls=AUTOTUNE)
     return ds, SourceInfo(name, len(names), names, part.num_examples, part.fixed_size)
 
 
-def _tfds_source(name, data_dir, train_split, eval_split, validation_split, seed):
-    builder = _tfds_builder(name, data_dir)
+def _tfds_source(name, data_dir, train_split, eval_split, validation_split, seed, offline=False):
+    builder = _tfds_builder(name, data_dir, offline)
     splits = list(builder.info.splits.keys())
     train_split = train_split or "train"
     if eval_split is None:

@@ -19,14 +19,15 @@ from keras_resnet.export.saved_model import METADATA_FILE, SIGNATURE_NAMES, expo
 from keras_resnet.export.tflite_onnx import TFLITE_QUANTIZATIONS, export_onnx, export_tflite  # noqa: F401
 from keras_resnet.export.warmup import WARMUP_FILE, warmup_record  # noqa: F401
 from keras_resnet.image_guard import (  # noqa: F401
-    DEFAULT_MAX_PIXELS, IMAGE_FORMATS, decode_image, header_pixels, image_header)
+    DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_PIXELS, IMAGE_FORMATS, decode_image, header_pixels, image_header)
 
 FORMATS = ("saved_model", "tflite", "onnx")
 
 
 def export(model, export_dir, *, version=None, class_names=None, image_size=None, crop_fraction=None,
            normalization=None, top_k=5, max_pixels=DEFAULT_MAX_PIXELS, formats=("saved_model",),
-           apply_softmax=None, fold_batchnorm="auto", warmup=True, tflite_quantize=("dynamic",)):
+           apply_softmax=None, fold_batchnorm="auto", warmup=True, tflite_quantize=("dynamic",),
+           max_batch_size=DEFAULT_MAX_BATCH_SIZE, max_request_pixels=DEFAULT_MAX_REQUEST_PIXELS):
     """Exports a classifier for TF Serving (SavedModel), TFLite and/or ONNX.
 
     Args:
@@ -48,6 +49,10 @@ def export(model, export_dir, *, version=None, class_names=None, image_size=None
             number of classes).
         max_pixels: requests whose header announces more pixels are rejected
             before decoding.
+        max_batch_size: SavedModel requests holding more images (or a pixel
+            batch larger than this) fail with InvalidArgument before any work.
+        max_request_pixels: SavedModel requests whose images hold more pixels
+            in all (read from the headers) fail likewise.
         formats: any of `FORMATS`.
         apply_softmax: None (auto: softmax when the model outputs logits),
             True or False.
@@ -72,14 +77,15 @@ def export(model, export_dir, *, version=None, class_names=None, image_size=None
     if bad:
         raise ValueError(f"Unknown TFLite quantization. Received: tflite_quantize={tflite_quantize}. "
                          f"Valid: {TFLITE_QUANTIZATIONS[1:]}")
-    _check_args(model, class_names, top_k, max_pixels, crop_fraction)
+    _check_args(model, class_names, top_k, max_pixels, crop_fraction, max_batch_size, max_request_pixels)
     image_size = _check_image_size(image_size, model)
     paths = {}
     if "saved_model" in formats:
         paths["saved_model"] = export_saved_model(
             model, export_dir, version=version, class_names=class_names, image_size=image_size,
             crop_fraction=crop_fraction, normalization=normalization, top_k=top_k, max_pixels=max_pixels,
-            apply_softmax=apply_softmax, fold_batchnorm=fold_batchnorm, warmup=warmup)
+            apply_softmax=apply_softmax, fold_batchnorm=fold_batchnorm, warmup=warmup,
+            max_batch_size=max_batch_size, max_request_pixels=max_request_pixels)
     common = dict(image_size=image_size, normalization=normalization, apply_softmax=apply_softmax)
     if "tflite" in formats:
         paths["tflite"] = export_tflite(model, os.path.join(export_dir, "model.tflite"), **common)

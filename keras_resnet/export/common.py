@@ -112,7 +112,8 @@ def _check_image_size(image_size, model):
     return tuple(int(s) for s in size)
 
 
-def _check_args(model, class_names, top_k, max_pixels, crop_fraction):
+def _check_args(model, class_names, top_k, max_pixels, crop_fraction, max_batch_size=1,
+                max_request_pixels=1):
     if len(model.output_shape) != 2:
         raise ValueError("The model must output class scores [batch, num_classes] (include_top=True). "
                          f"Received: model.output_shape={model.output_shape}")
@@ -121,7 +122,9 @@ def _check_args(model, class_names, top_k, max_pixels, crop_fraction):
                          f"{model.output_shape[-1]} outputs. Received: class_names={list(class_names)[:5]}...")
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
         raise ValueError(f"`top_k` must be a positive int. Received: top_k={top_k!r}")
-    if not isinstance(max_pixels, int) or isinstance(max_pixels, bool) or max_pixels < 1:
-        raise ValueError(f"`max_pixels` must be a positive int. Received: max_pixels={max_pixels!r}")
+    for name, value in (("max_pixels", max_pixels), ("max_batch_size", max_batch_size),
+                        ("max_request_pixels", max_request_pixels)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"`{name}` must be a positive int. Received: {name}={value!r}")
     if crop_fraction is not None and not (isinstance(crop_fraction, (int, float)) and 0 < crop_fraction <= 1):
         raise ValueError(f"`crop_fraction` must be None or in (0, 1]. Received: crop_fraction={crop_fraction!r}")

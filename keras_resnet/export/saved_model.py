@@ -29,15 +29,34 @@ from keras_resnet.export.common import (
     _check_args, _check_image_size, _has_input_normalization, _outputs_probabilities, _resolve_fold,
     _with_normalization, fold_batchnorm_model, log)
 from keras_resnet.export.warmup import WARMUP_FILE, write_warmup
-from keras_resnet.image_guard import DEFAULT_MAX_PIXELS, IMAGE_FORMATS, _resize, decode_image
+from keras_resnet.image_guard import (
+    DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_PIXELS, IMAGE_FORMATS, _resize, decode_image,
+    header_pixels)
 
 SIGNATURE_NAMES = ("serving_default", "predict_images", "predict_images_uint8")
 METADATA_FILE = "keras_resnet_export.json"   # under assets.extra/, ignored by TF Serving
 
 
+def _request_checks(count, pixels, max_batch_size, max_request_pixels, what):
+    """Assertions bounding one request's work before anything is decoded or run."""
+    return [
+        tf.debugging.Assert(count <= max_batch_size, [tf.strings.join([
+            "the request holds ", tf.strings.as_string(count), f" {what}, more than "
+            f"max_batch_size={max_batch_size}: split it"])]),
+        tf.debugging.Assert(pixels <= float(max_request_pixels), [tf.strings.join([
+            "the request's images hold ", tf.strings.as_string(pixels, precision=0), " pixels in all, "
+            f"more than max_request_pixels={max_request_pixels}: send fewer or smaller images"])]),
+    ]
+
+
 def _serving_functions(core, num_classes, image_size, crop_fraction, class_names, top_k, max_pixels,
-                       softmax):
-    """The three signature functions around `core` (float32 [N, h, w, 3] -> scores)."""
+                       softmax, max_batch_size=DEFAULT_MAX_BATCH_SIZE,
+                       max_request_pixels=DEFAULT_MAX_REQUEST_PIXELS):
+    """The three signature functions around `core` (float32 [N, h, w, 3] -> scores).
+
+    Every request is bounded before any work: at most `max_batch_size` images, and
+    at most `max_request_pixels` pixels in all (from the headers for encoded
+    images, from the tensor's shape for pixel arrays)."""
     size = tuple(int(s) for s in image_size)
     k = min(int(top_k), int(num_classes))
     names = tf.constant([str(c) for c in class_names]) if class_names else None
@@ -53,17 +72,36 @@ def _serving_functions(core, num_classes, image_size, crop_fraction, class_names
 
     def serve(image_bytes):
         n = tf.shape(image_bytes)[0]
-        # Per image: sizes differ until eval_resize has run.
-        images = tf.map_fn(lambda args: decode_image(args[0], size, crop_fraction, max_pixels, args[1]),
-                           (image_bytes, tf.range(n)),
-                           fn_output_signature=tf.TensorSpec(size + (3,), tf.float32))
+        with tf.control_dependencies([tf.debugging.Assert(n <= max_batch_size, [tf.strings.join([
+                "the request holds ", tf.strings.as_string(n), " images, more than "
+                f"max_batch_size={max_batch_size}: split it"])])]):
+            # Headers only (nothing decoded). Unknown or refused bytes, and images over
+            # max_pixels, count 0 here: they fail in decode_image with their own message.
+            def allowed_pixels(data):
+                pixels = header_pixels(data)
+                return tf.where((pixels < 0) | (pixels > float(max_pixels)), tf.constant(0.0, tf.float64),
+                                pixels)
+            pixels = tf.map_fn(allowed_pixels, image_bytes, fn_output_signature=tf.float64)
+        with tf.control_dependencies(_request_checks(n, tf.reduce_sum(pixels), max_batch_size,
+                                                     max_request_pixels, "images")):
+            # Per image: sizes differ until eval_resize has run.
+            images = tf.map_fn(lambda args: decode_image(args[0], size, crop_fraction, max_pixels, args[1]),
+                               (image_bytes, tf.range(n)),
+                               fn_output_signature=tf.TensorSpec(size + (3,), tf.float32))
         return outputs(images)
 
+    def bounded(images):
+        shape = tf.shape(images, out_type=tf.int64)
+        pixels = tf.cast(shape[0] * shape[1] * shape[2], tf.float64)
+        with tf.control_dependencies(_request_checks(shape[0], pixels, max_batch_size,
+                                                     max_request_pixels, "images")):
+            return tf.identity(images)
+
     def predict_images(images):
-        return outputs(_resize(images, size, crop_fraction))
+        return outputs(_resize(bounded(images), size, crop_fraction))
 
     def predict_images_uint8(images):
-        return outputs(_resize(tf.cast(images, tf.float32), size, crop_fraction))
+        return outputs(_resize(tf.cast(bounded(images), tf.float32), size, crop_fraction))
 
     return {
         "serving_default": tf.function(serve, autograph=False, input_signature=[
@@ -82,12 +120,13 @@ def _next_version(export_dir):
 
 def export_saved_model(model, export_dir, *, version=None, class_names=None, image_size=None,
                        crop_fraction=None, normalization=None, top_k=5, max_pixels=DEFAULT_MAX_PIXELS,
-                       apply_softmax=None, fold_batchnorm="auto", warmup=True):
+                       apply_softmax=None, fold_batchnorm="auto", warmup=True,
+                       max_batch_size=DEFAULT_MAX_BATCH_SIZE, max_request_pixels=DEFAULT_MAX_REQUEST_PIXELS):
     """Writes the serving SavedModel to `export_dir/<version>/`; returns that path.
 
     See `export` for the arguments.
     """
-    _check_args(model, class_names, top_k, max_pixels, crop_fraction)
+    _check_args(model, class_names, top_k, max_pixels, crop_fraction, max_batch_size, max_request_pixels)
     image_size = _check_image_size(image_size, model)
     if version is None:
         version = _next_version(export_dir)
@@ -120,7 +159,8 @@ def export_saved_model(model, export_dir, *, version=None, class_names=None, ima
     core = tf.function(forward, autograph=False,
                        input_signature=[tf.TensorSpec((None,) + image_size + (3,), tf.float32)])
     functions = _serving_functions(core, int(model.output_shape[-1]), image_size, crop_fraction,
-                                   class_names, top_k, max_pixels, softmax)
+                                   class_names, top_k, max_pixels, softmax, max_batch_size,
+                                   max_request_pixels)
     for name, fn in functions.items():
         setattr(module, name, fn)
     signatures = {name: fn.get_concrete_function() for name, fn in functions.items()}
@@ -139,6 +179,7 @@ def export_saved_model(model, export_dir, *, version=None, class_names=None, ima
             json.dump({"class_names": [str(c) for c in class_names] if class_names else None,
                        "image_size": list(image_size), "crop_fraction": crop_fraction,
                        "normalization": normalization, "top_k": top_k, "max_pixels": max_pixels,
+                       "max_batch_size": max_batch_size, "max_request_pixels": max_request_pixels,
                        "apply_softmax": softmax, "fold_batchnorm": bool(fold_batchnorm),
                        "signatures": list(SIGNATURE_NAMES), "image_formats": list(IMAGE_FORMATS),
                        "tensorflow": tf.__version__}, f, indent=2)

@@ -10,6 +10,7 @@ import os
 import tensorflow as tf
 
 from keras_resnet import compat
+from keras_resnet.atomic import atomic_save, write_bytes_atomic
 from keras_resnet.export.common import (
     _check_image_size, _float32_copy, _folded_if_possible, _outputs_probabilities, _with_normalization,
     _with_softmax)
@@ -64,8 +65,7 @@ def export_tflite(model, path, *, image_size=None, quantize=None, normalization=
                 converter.target_spec.supported_types = [tf.float16]
         data = converter.convert()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(data)
+    write_bytes_atomic(path, data)
     return path
 
 
@@ -105,5 +105,5 @@ def export_onnx(model, path, *, image_size=None, opset=17, normalization=None, a
     for node in model_proto.graph.node:
         node.input[:] = [renames.get(n, n) for n in node.input]
         node.output[:] = [renames.get(n, n) for n in node.output]
-    onnx.save(model_proto, path)
+    atomic_save(lambda tmp: onnx.save(model_proto, tmp), path)
     return path
