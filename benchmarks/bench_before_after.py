@@ -42,16 +42,9 @@ def _worker(args):
     if args.variant == "keras.applications":
         model = keras.applications.ResNet50(weights=None, input_shape=(size, size, 3))
     elif args.variant == "keras-hub":
-        import keras_hub
+        from bench_models import keras_hub_resnet50
 
-        backbone = keras_hub.models.ResNetBackbone(
-            input_conv_filters=[64], input_conv_kernel_sizes=[7],
-            stackwise_num_filters=[64, 128, 256, 512], stackwise_num_blocks=[3, 4, 6, 3],
-            stackwise_num_strides=[1, 2, 2, 2], block_type="bottleneck_block",
-            use_pre_activation=False, image_shape=(size, size, 3))
-        inputs = keras.Input((size, size, 3))
-        x = keras.layers.GlobalAveragePooling2D()(backbone(inputs))
-        model = keras.Model(inputs, keras.layers.Dense(1000, activation="softmax", dtype="float32")(x))
+        model = keras_hub_resnet50(size)
     else:
         import keras_resnet as kr
 

@@ -71,6 +71,23 @@ def keras_hub_available():
     return True
 
 
+def keras_hub_resnet50(image_size):
+    """keras-hub's ResNet-50 (the `resnet_50_imagenet` preset's layout, built from its
+    config: presets download weights) + the same average-pool head as keras.applications."""
+    import keras
+    import keras_hub
+
+    backbone = keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64], input_conv_kernel_sizes=[7],
+        stackwise_num_filters=[64, 128, 256, 512], stackwise_num_blocks=[3, 4, 6, 3],
+        stackwise_num_strides=[1, 2, 2, 2], block_type="bottleneck_block",
+        use_pre_activation=False, image_shape=(image_size, image_size, 3))
+    inputs = keras.Input((image_size, image_size, 3))
+    x = keras.layers.GlobalAveragePooling2D()(backbone(inputs))
+    outputs = keras.layers.Dense(1000, activation="softmax", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name="keras_hub_resnet50")
+
+
 def build(name, image_size):
     import keras
 
@@ -79,19 +96,7 @@ def build(name, image_size):
     if name == REFERENCE:
         model = keras.applications.ResNet50(weights=None, input_shape=(image_size, image_size, 3))
     elif name == KERAS_HUB:
-        import keras_hub
-
-        # keras-hub's ResNet-50 (the `resnet_50_imagenet` preset's layout, built
-        # from its config: presets download weights) + the same average-pool head.
-        backbone = keras_hub.models.ResNetBackbone(
-            input_conv_filters=[64], input_conv_kernel_sizes=[7],
-            stackwise_num_filters=[64, 128, 256, 512], stackwise_num_blocks=[3, 4, 6, 3],
-            stackwise_num_strides=[1, 2, 2, 2], block_type="bottleneck_block",
-            use_pre_activation=False, image_shape=(image_size, image_size, 3))
-        inputs = keras.Input((image_size, image_size, 3))
-        x = keras.layers.GlobalAveragePooling2D()(backbone(inputs))
-        outputs = keras.layers.Dense(1000, activation="softmax", dtype="float32")(x)
-        model = keras.Model(inputs, outputs, name="keras_hub_resnet50")
+        model = keras_hub_resnet50(image_size)
     elif name in SMALL:
         model = kr.create_model(name.split()[-1])
     else:

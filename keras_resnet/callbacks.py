@@ -32,8 +32,13 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     epoch with the weights and optimizer state of the last backup.
     """
 
-    def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=False, restore_dir=None):
+    def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=False, restore_dir=None,
+                 steps_per_epoch=None):
         super().__init__(backup_dir, save_freq=save_freq, delete_checkpoint=delete_checkpoint)
+        # With it, a restore from a mid-epoch backup rewinds the optimizer's step
+        # count to the start of the epoch Keras replays, so the learning-rate
+        # schedule ends exactly at its total step count instead of overshooting.
+        self.steps_per_epoch = steps_per_epoch
         self._last_logs_finite = True
         # Multi-worker: every worker restores the chief's backup (so all resume
         # at the same step) but writes its own, never racing the chief's files.
@@ -49,6 +54,10 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             super().on_train_begin(logs)
         finally:
             compat.set_backup_paths(self, own)
+        epoch = compat.initial_epoch(self.model)
+        optimizer = getattr(self.model, "optimizer", None)
+        if self.steps_per_epoch and epoch and optimizer is not None and optimizer.built:
+            optimizer.iterations.assign(epoch * int(self.steps_per_epoch))
 
     def on_epoch_end(self, epoch, logs=None):
         self._last_logs_finite = _finite(logs)

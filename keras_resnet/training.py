@@ -267,7 +267,17 @@ def _start_runtime(config):
     return strategy, strategy_name, precision
 
 
-def _make_data(config, train_data, eval_data):
+def _resume_epoch(run):
+    """The epoch an unfinished run resumes at (what its backup recorded), else 0."""
+    path = os.path.join(run.run_dir, "backup", "training_metadata.json")
+    try:
+        with open(path) as f:
+            return max(0, int(json.load(f).get("epoch", 0)))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
+
+
+def _make_data(config, train_data, eval_data, resume_epoch=0):
     """`(train_ds, eval_ds, info)`: the given pipelines, or `config.dataset`'s.
 
     Under a strategy Keras distributes the global batches; with several workers
@@ -284,7 +294,8 @@ def _make_data(config, train_data, eval_data):
         data_dir=config.data_dir, train_split=config.train_split, eval_split=config.eval_split,
         seed=config.seed, one_hot=True, mixup_alpha=config.mixup_alpha,
         cutmix_alpha=config.cutmix_alpha, random_erasing=config.random_erasing,
-        max_examples=config.max_train_examples, offline=config.offline)
+        max_examples=config.max_train_examples, offline=config.offline,
+        resume_epoch=resume_epoch, steps_per_epoch=config.steps_per_epoch)
     return train_ds, (eval_data if eval_data is not None else default_eval), info
 
 
@@ -323,11 +334,11 @@ def _build_compiled_model(config, info, strategy, steps_per_epoch, total_steps):
     return model
 
 
-def _make_callbacks(config, run, extra_callbacks):
+def _make_callbacks(config, run, extra_callbacks, steps_per_epoch):
     """`(callbacks, backup, nan_guard)`: crash-safe backups, best model, logs."""
     backup = kr_callbacks.AtomicBackupAndRestore(
         os.path.join(run.out_dir, "backup"), save_freq=config.backup_every_steps or "epoch",
-        restore_dir=os.path.join(run.run_dir, "backup"))
+        restore_dir=os.path.join(run.run_dir, "backup"), steps_per_epoch=steps_per_epoch)
     nan_guard = kr_callbacks.NaNGuard()
     cbs = [nan_guard, kr_callbacks.LearningRateLogger(),
            kr_callbacks.ResumableCSVLogger(os.path.join(run.out_dir, "history.csv"),
@@ -412,7 +423,7 @@ def train(config, *, train_data=None, eval_data=None, extra_callbacks=(), model_
         return _finished_result(run)
     _check_resume(run, config)
     strategy, strategy_name, precision = _start_runtime(config)
-    train_ds, eval_data, info = _make_data(config, train_data, eval_data)
+    train_ds, eval_data, info = _make_data(config, train_data, eval_data, _resume_epoch(run))
     steps_per_epoch, epochs = _schedule_length(config, info)
     if run.chief:
         write_json_atomic(os.path.join(run.run_dir, "config.json"), {
@@ -426,7 +437,7 @@ def train(config, *, train_data=None, eval_data=None, extra_callbacks=(), model_
     hook_status = model_hook(model) if model_hook is not None else None
     if hook_status:
         log.info("model_hook: %s", hook_status)
-    callbacks, backup, nan_guard = _make_callbacks(config, run, extra_callbacks)
+    callbacks, backup, nan_guard = _make_callbacks(config, run, extra_callbacks, steps_per_epoch)
     history, seconds, steal_fraction = _fit(
         model, train_ds, eval_data, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
         backup=backup, verbose=config.verbose, run_dir=run.run_dir)

@@ -214,3 +214,123 @@ def test_serving_bounds_each_request(tmp_path):
         loaded.signatures["predict_images_uint8"](images=tf.zeros((2, 60, 60, 3), tf.uint8))
     with pytest.raises(ValueError, match="max_batch_size=0"):
         kr.export(model, str(tmp_path / "bad"), max_batch_size=0)
+
+
+def _class_folder_with_images(root, n=3):
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((8, 8, 3), 20 * i, np.uint8)).save(root / name / f"{i}.png")
+
+
+def test_broken_symlink_and_vanished_file_are_skipped_not_fatal(tmp_path):
+    """One broken symlink used to abort the whole scan with [Errno 2]."""
+    import os
+
+    _class_folder_with_images(tmp_path)
+    os.symlink(tmp_path / "nowhere.png", tmp_path / "a" / "broken.png")
+    files, names, skipped, _ = data.scan_image_folder(str(tmp_path))
+    assert len(files) == 6 and [os.path.basename(p) for p, _ in skipped] == ["broken.png"]
+    assert "cannot be read" in skipped[0][1]
+    with pytest.raises(ValueError, match="broken.png.*cannot be read"):
+        data.scan_image_folder(str(tmp_path), strict=True)
+
+
+def test_non_utf8_file_name_is_skipped_and_named(tmp_path):
+    import os
+
+    _class_folder_with_images(tmp_path)
+    raw = os.path.join(os.fsencode(tmp_path / "a"), b"caf\xe9.png")
+    with open(raw, "wb") as f:
+        f.write((tmp_path / "a" / "0.png").read_bytes())
+    files, _, skipped, _ = data.scan_image_folder(str(tmp_path))
+    assert len(files) == 6 and len(skipped) == 1 and "not valid UTF-8" in skipped[0][1]
+
+
+def test_cache_budget_reads_the_container_limit(tmp_path):
+    """The cache budget used to read host free memory only, ignoring cgroup limits."""
+    from keras_resnet.data import pipeline
+
+    (tmp_path / "memory.max").write_text("1073741824\n")
+    (tmp_path / "memory.current").write_text("268435456\n")
+    assert pipeline._cgroup_memory_left(str(tmp_path)) == 768 << 20
+    (tmp_path / "memory.max").write_text("max\n")
+    assert pipeline._cgroup_memory_left(str(tmp_path)) is None
+    v1 = tmp_path / "v1"
+    (v1 / "memory").mkdir(parents=True)
+    (v1 / "memory" / "memory.limit_in_bytes").write_text(str(2 << 30))
+    (v1 / "memory" / "memory.usage_in_bytes").write_text(str(1 << 30))
+    assert pipeline._cgroup_memory_left(str(v1)) == 1 << 30
+
+
+def test_train_and_eval_share_one_cache_budget(monkeypatch, caplog):
+    """Train and eval used to get the full budget each."""
+    import logging
+
+    from keras_resnet.data import pipeline
+
+    x = np.zeros((100, 16, 16, 3), np.uint8)  # 76,800 bytes decoded per split
+    arrays = {"train": (x, np.arange(100) % 2), "test": (x, np.arange(100) % 2)}
+    # Room for one split's images, not both (the fraction of "free memory" the cache may use).
+    monkeypatch.setattr(pipeline, "_available_memory", lambda: int(100_000 / pipeline.CACHE_MEMORY_FRACTION))
+    monkeypatch.setattr(pipeline, "_arrays_source", _not_in_memory(pipeline._arrays_source))
+    with caplog.at_level(logging.INFO, logger="keras_resnet.data"):
+        pipeline.make_pipelines(arrays, 10, augment=None)
+    messages = [r.getMessage() for r in caplog.records if "Not caching" in r.getMessage()]
+    assert len(messages) == 1 and "evaluation" in messages[0], messages
+
+
+def _not_in_memory(open_arrays):
+    """Array sources skip the cache (they are in memory already); pretend they are files."""
+    import dataclasses
+
+    def wrapped(*args, **kwargs):
+        source = open_arrays(*args, **kwargs)
+        return dataclasses.replace(source, train=dataclasses.replace(source.train, in_memory=False),
+                                   eval=dataclasses.replace(source.eval, in_memory=False))
+    return wrapped
+
+
+@pytest.mark.parametrize("mix", [{}, {"mixup_alpha": 0.4}])
+def test_a_resumed_stream_continues_the_original_one(mix):
+    """A resume used to restart the shuffle and augmentation at element 0. (Bit-equal
+    batches need `deterministic=True`; without it tf.data may reorder neighbours.)"""
+    rng = np.random.default_rng(0)
+    arrays = (rng.integers(0, 255, (40, 12, 12, 3), dtype=np.uint8), np.arange(40) % 4)
+    full, _, _ = data.make_pipelines(arrays, 8, seed=3, augment="cifar", deterministic=True, **mix)
+    uninterrupted = [b for _, b in zip(range(9), full)]
+    resumed, _, _ = data.make_pipelines(arrays, 8, seed=3, augment="cifar", resume_epoch=2,
+                                        steps_per_epoch=3, deterministic=True, **mix)
+    for (x_want, y_want), (x_got, y_got) in zip(uninterrupted[6:], resumed):
+        np.testing.assert_array_equal(x_got.numpy(), x_want.numpy())
+        np.testing.assert_array_equal(y_got.numpy(), y_want.numpy())
+    # The default epoch length is num_train // batch_size (what train() uses).
+    default, _, info = data.make_pipelines(arrays, 8, seed=3, augment="cifar", resume_epoch=1,
+                                           validation_split=0.0, deterministic=True, **mix)
+    first = next(iter(default))[0].numpy()
+    again = [b for _, b in zip(range(info.num_train // 8 + 1), data.make_pipelines(
+        arrays, 8, seed=3, augment="cifar", validation_split=0.0, deterministic=True, **mix)[0])]
+    np.testing.assert_array_equal(first, again[info.num_train // 8][0].numpy())
+    with pytest.raises(ValueError, match="resume_epoch=-1"):
+        data.make_pipelines(arrays, 8, resume_epoch=-1)
+
+
+def test_a_mid_epoch_restore_rewinds_the_schedule_to_the_epoch_start(tmp_path):
+    """With --backup-every-steps the schedule used to overshoot total_steps after a resume."""
+    backup = tmp_path / "backup"
+    model = _tiny_model()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    model.fit(np.zeros((16, 4), "float32"), np.zeros(16, "int64"), batch_size=2, epochs=1, verbose=0)
+    model.optimizer.iterations.assign(25)  # epoch 2, batch 5 of 10
+    backup.mkdir()
+    model.save_weights(str(backup / "latest.weights.h5"))
+    (backup / "training_metadata.json").write_text(json.dumps({"epoch": 2, "batch": 5}))
+    fresh = _tiny_model()
+    fresh.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    fresh.optimizer.build(fresh.trainable_variables)
+    cb = kr_callbacks.AtomicBackupAndRestore(str(backup), save_freq=5, steps_per_epoch=10)
+    cb.set_model(fresh)
+    cb.on_train_begin()
+    assert int(fresh.optimizer.iterations.numpy()) == 20

@@ -110,7 +110,11 @@ def inspect_image(path, max_pixels=DEFAULT_MAX_PIXELS, label=0):
     """
     from PIL import Image, UnidentifiedImageError
 
-    if os.path.getsize(path) == 0:
+    try:
+        size = os.path.getsize(path)
+    except OSError as e:  # a broken symlink, or deleted since the listing
+        raise BadImageError(f"cannot be read ({e.strerror or e})") from None
+    if size == 0:
         raise BadImageError("empty file")
     with warnings.catch_warnings():
         # Our own limit applies below; Pillow's bomb *warning* would be a second line.
@@ -257,6 +261,12 @@ def scan_image_folder(path, *, strict=False, max_pixels=DEFAULT_MAX_PIXELS):
     candidates = _candidate_files(path, class_names)
     headers, skipped = [], []
     for fpath, label in candidates:
+        try:
+            fpath.encode("utf-8")
+        except UnicodeEncodeError:  # TensorFlow's file ops take UTF-8 names only
+            _skip(fpath.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
+                  "its name is not valid UTF-8: rename it", strict, skipped)
+            continue
         try:
             headers.append(inspect_image(fpath, max_pixels, label))
         except BadImageError as e:

@@ -86,11 +86,49 @@ def _normalization(source):
 
 
 # ---------------------------------------------------------------------- pipelines
+def _cgroup_memory_left(root="/sys/fs/cgroup"):
+    """Bytes the container's memory limit leaves (cgroup v2, else v1), or None when unlimited."""
+    def read(*parts):
+        try:
+            with open(os.path.join(root, *parts)) as f:
+                return f.read().strip()
+        except OSError:
+            return None
+
+    for limit_file, usage_file in (("memory.max", "memory.current"),
+                                   (os.path.join("memory", "memory.limit_in_bytes"),
+                                    os.path.join("memory", "memory.usage_in_bytes"))):
+        limit, usage = read(limit_file), read(usage_file)
+        if limit is None or not limit.isdigit():
+            continue  # "max" (v2) or absent
+        if int(limit) >= 1 << 60:  # v1's "unlimited"
+            return None
+        return max(0, int(limit) - int(usage or 0))
+    return None
+
+
 def _available_memory():
+    """Free memory for caches: the host's available memory, capped by a container's limit."""
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        host = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # not POSIX: assume a modest machine
-        return 8 << 30
+        host = 8 << 30
+    container = _cgroup_memory_left()
+    return host if container is None else min(host, container)
+
+
+class _CacheBudget:
+    """What the pipelines may cache in memory, shared: what the training split
+    takes, the evaluation split no longer has."""
+
+    def __init__(self, nbytes):
+        self.left = nbytes
+
+    def take(self, nbytes):
+        if nbytes is None or nbytes > self.left:
+            return False
+        self.left -= nbytes
+        return True
 
 
 def _decoded_bytes(split, short_side=None, image_size=None):
@@ -112,9 +150,10 @@ def _decoded_bytes(split, short_side=None, image_size=None):
 def _should_cache(cache, split, nbytes, budget, what):
     if not cache or split.in_memory:
         return False
-    if nbytes is None or nbytes > budget:
-        log.info("Not caching the %s images: %s exceeds the cache budget of %.1f GB.", what,
-                 "their unknown size" if nbytes is None else f"~{nbytes / 2**30:.1f} GB", budget / 2**30)
+    left = budget.left
+    if not budget.take(nbytes):
+        log.info("Not caching the %s images: %s exceeds the cache budget left (%.2f GB).", what,
+                 "their unknown size" if nbytes is None else f"~{nbytes / 2**30:.2f} GB", left / 2**30)
         return False
     return True
 
@@ -170,6 +209,7 @@ class _Plan:
     input_context: object
     max_examples: object
     per_replica_batch: int
+    initial_step: int = 0  # batches a resumed run has consumed already
 
 
 def _seed_for(seed, stream):
@@ -238,13 +278,19 @@ def _train_pipeline(split, plan, budget):
 
     # The counter is assigned before the parallel map: each example's
     # randomness is fixed even when the map's output order is not.
-    ds = ds.enumerate().map(train_map, num_parallel_calls=AUTOTUNE)
+    ds = ds.enumerate()
+    if plan.initial_step:
+        # A resumed run continues the stream where the interrupted one stopped:
+        # the same order and the same per-element seeds, skipped before the
+        # (costly) decode and augmentation.
+        ds = ds.skip(plan.initial_step * plan.per_replica_batch)
+    ds = ds.map(train_map, num_parallel_calls=AUTOTUNE)
     if split.may_fail and not cached:
         ds = ds.ignore_errors(log_warning=True)  # a file changed since it was checked
     ds = ds.batch(plan.per_replica_batch, drop_remainder=True)
     if plan.mixup_alpha or plan.cutmix_alpha:
         mix_seed = _seed_for(plan.seed, 1)
-        ds = ds.enumerate().map(
+        ds = ds.enumerate(start=plan.initial_step).map(
             lambda i, batch: aug.mix_batch(batch[0], batch[1], tf.random.experimental.stateless_fold_in(mix_seed, i),
                                            plan.mixup_alpha, plan.cutmix_alpha),
             num_parallel_calls=AUTOTUNE)
@@ -303,7 +349,8 @@ def make_pipelines(source, batch_size, *, image_size=None, augment="auto", data_
                    train_split=None, eval_split=None, validation_split=0.1, seed=0, cache=True,
                    one_hot=True, mixup_alpha=0.0, cutmix_alpha=0.0, random_erasing=0.0,
                    randaugment=None, crop_fraction=None, deterministic=False, input_context=None,
-                   max_examples=None, strict=False, max_pixels=DEFAULT_MAX_PIXELS, offline=False):
+                   max_examples=None, strict=False, max_pixels=DEFAULT_MAX_PIXELS, offline=False,
+                   resume_epoch=0, steps_per_epoch=None):
     """Training and evaluation `tf.data` pipelines for `model.fit`.
 
     Args:
@@ -319,6 +366,10 @@ def make_pipelines(source, batch_size, *, image_size=None, augment="auto", data_
             on first use, unless `offline`.
         offline: never download: a tfds dataset that is not prepared is an
             error saying where it looked (what tests and CI use).
+        resume_epoch, steps_per_epoch: a run resumed at `resume_epoch` (epochs
+            of `steps_per_epoch` batches; default `num_train // batch_size`)
+            gets the training stream from where it left off: the same batches
+            an uninterrupted run sees from then on.
         train_split, eval_split: tfds split strings ("train[:90%]" passes through).
         validation_split: held-out fraction when the source has no eval split.
         seed: shuffling and augmentation seed (None: random, 0 if deterministic).
@@ -369,7 +420,17 @@ def make_pipelines(source, batch_size, *, image_size=None, augment="auto", data_
         input_context=input_context, max_examples=max_examples,
         per_replica_batch=(input_context.get_per_replica_batch_size(batch_size)
                            if input_context is not None else int(batch_size)))
-    budget = CACHE_MEMORY_FRACTION * _available_memory()
+    num_train = source_obj.train.num_examples
+    if max_examples:
+        num_train = min(num_train, int(max_examples))
+    for name, value in (("resume_epoch", resume_epoch), ("steps_per_epoch", steps_per_epoch)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                                  or value < (0 if name == "resume_epoch" else 1)):
+            raise ValueError(f"`{name}` must be a {'non-negative' if name == 'resume_epoch' else 'positive'} "
+                             f"int. Received: {name}={value!r}")
+    plan = dataclasses.replace(plan, initial_step=int(resume_epoch or 0) * int(
+        steps_per_epoch or max(1, num_train // int(batch_size))))
+    budget = _CacheBudget(CACHE_MEMORY_FRACTION * _available_memory())
     options = tf.data.Options()
     options.deterministic = bool(deterministic)
     # With an input context we shard ourselves; otherwise tf.distribute shards
@@ -387,9 +448,6 @@ def make_pipelines(source, batch_size, *, image_size=None, augment="auto", data_
     if not source_obj.eval.num_examples:
         log.warning("No evaluation examples for %s (validation_split=%s): eval_ds is empty.",
                     source_obj.name, validation_split)
-    num_train = source_obj.train.num_examples
-    if max_examples:
-        num_train = min(num_train, int(max_examples))
     info = DatasetInfo(
         name=source_obj.name, num_classes=num_classes, class_names=list(source_obj.class_names),
         num_train=int(num_train), num_eval=int(source_obj.eval.num_examples), image_size=size,

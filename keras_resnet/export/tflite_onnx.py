@@ -34,6 +34,16 @@ def _tensor_savedmodel(model, path, image_size):
     archive.write_out(path, verbose=False)
 
 
+def _portable_model(model, image_size, normalization, apply_softmax):
+    """`(model, image_size)` as both formats export it: float32, BatchNorm folded,
+    normalisation in front and softmax behind when asked (or when it outputs logits)."""
+    image_size = _check_image_size(image_size, model)
+    softmax = (not _outputs_probabilities(model)) if apply_softmax is None else bool(apply_softmax)
+    model = _with_softmax(_with_normalization(_folded_if_possible(_float32_copy(model)), normalization),
+                          softmax)
+    return model, image_size
+
+
 def export_tflite(model, path, *, image_size=None, quantize=None, normalization=None, apply_softmax=None):
     """TFLite file: input `images` float32 [N, H, W, 3] at the model's size, 0-255
     pixels, normalisation inside; output `probabilities` [N, C].
@@ -50,10 +60,7 @@ def export_tflite(model, path, *, image_size=None, quantize=None, normalization=
                          f"Valid: {TFLITE_QUANTIZATIONS}")
     import tempfile
 
-    image_size = _check_image_size(image_size, model)
-    softmax = (not _outputs_probabilities(model)) if apply_softmax is None else bool(apply_softmax)
-    model = _with_softmax(_with_normalization(_folded_if_possible(_float32_copy(model)), normalization),
-                          softmax)
+    model, image_size = _portable_model(model, image_size, normalization, apply_softmax)
     # Convert from a SavedModel: converting a concrete function that captures
     # Keras 3 variables directly yields NaN outputs (seen with TF 2.21).
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,10 +90,7 @@ def export_onnx(model, path, *, image_size=None, opset=17, normalization=None, a
         raise ValueError("ONNX export needs tf2onnx: pip install 'keras-resnet-zoo[export]'") from e
     import tempfile
 
-    image_size = _check_image_size(image_size, model)
-    softmax = (not _outputs_probabilities(model)) if apply_softmax is None else bool(apply_softmax)
-    model = _with_softmax(_with_normalization(_folded_if_possible(_float32_copy(model)), normalization),
-                          softmax)
+    model, image_size = _portable_model(model, image_size, normalization, apply_softmax)
     with tempfile.TemporaryDirectory() as tmp:
         _tensor_savedmodel(model, tmp, image_size)
         loaded = tf.saved_model.load(tmp)  # keep a reference: the signature needs its variables
