@@ -66,21 +66,33 @@ def _worker(args):
         import keras_resnet
 
         out["package"] = os.path.dirname(os.path.dirname(keras_resnet.__file__))
-    for _ in range(2):
-        model.train_on_batch(x, y)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        logs = model.train_on_batch(x, y, return_dict=True)
-    float(logs["loss"])
-    out["train_img_s"] = round(batch * args.steps / (time.perf_counter() - start), 2)
-    if args.model != "resnet9_half":
+    if not args.infer_only:
         for _ in range(2):
-            model.predict_on_batch(x)
+            model.train_on_batch(x, y)
         start = time.perf_counter()
         for _ in range(args.steps):
-            model.predict_on_batch(x)
-        out["infer_img_s"] = round(batch * args.steps / (time.perf_counter() - start), 2)
+            logs = model.train_on_batch(x, y, return_dict=True)
+        float(logs["loss"])
+        out["train_img_s"] = round(batch * args.steps / (time.perf_counter() - start), 2)
+    if args.model != "resnet9_half" or args.infer_only:
+        out["infer_img_s"] = _predict_img_s(model.predict_on_batch, x, args.steps)
+        if args.variant == "after":
+            # What exports and `evaluate` run: BatchNorm folded once (not in the release).
+            from keras_resnet import fold_batchnorm
+
+            folded = fold_batchnorm(model)
+            step = tf.function(lambda images: folded(images, training=False))
+            out["infer_folded_img_s"] = _predict_img_s(lambda images: step(images).numpy(), x, args.steps)
     print("RESULT " + json.dumps(out), flush=True)
+
+
+def _predict_img_s(predict, x, steps):
+    for _ in range(2):
+        predict(x)
+    start = time.perf_counter()
+    for _ in range(steps):
+        predict(x)
+    return round(int(x.shape[0]) * steps / (time.perf_counter() - start), 2)
 
 
 def _variants(have_hub):
@@ -95,17 +107,18 @@ def _variants(have_hub):
     return [(v, m or "resnet50", p) for v, m, p in plans]
 
 
-def _run(variant, model, precision, before, steps):
+def _run(variant, model, precision, before, steps, infer_only=False):
     env = dict(os.environ)
     path = before if variant == "before" else HERE
     env["PYTHONPATH"] = path + os.pathsep + env.get("PYTHONPATH", "")
-    command = [sys.executable, os.path.abspath(__file__), "--worker", "--variant",
-               "after" if variant == "before" else variant, "--model", model, "--precision", precision,
-               "--steps", str(steps)]
+    command = [sys.executable, os.path.abspath(__file__), "--worker", "--variant", variant, "--model", model, "--precision", precision,
+               "--steps", str(steps)] + (["--infer-only"] if infer_only else [])
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
     for line in result.stdout.splitlines():
         if line.startswith("RESULT "):
             out = json.loads(line[7:])
+            if variant == "before":
+                out.pop("infer_folded_img_s", None)  # the release had no fold_batchnorm
             out["variant"] = variant
             return out
     raise RuntimeError(f"{variant} {model} {precision} failed:\n{result.stderr[-3000:]}")
@@ -118,6 +131,8 @@ def main():
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--json", default=None)
     parser.add_argument("--only", default=None, help="Only variants whose model contains this text.")
+    parser.add_argument("--infer-only", action="store_true", help="Time inference only (no training steps).")
+    parser.add_argument("--precisions", default="float32,mixed_bfloat16", help="Comma-separated.")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="after", help=argparse.SUPPRESS)
     parser.add_argument("--model", default="resnet50", help=argparse.SUPPRESS)
@@ -134,12 +149,13 @@ def main():
         have_hub = True
     except Exception:
         have_hub = False
-    plans = [p for p in _variants(have_hub) if not args.only or args.only in p[1]]
+    precisions = tuple(args.precisions.split(","))
+    plans = [p for p in _variants(have_hub) if (not args.only or args.only in p[1]) and p[2] in precisions]
     rows = []
     for r in range(args.rounds):
         order = plans[r % len(plans):] + plans[:r % len(plans)]
         for variant, model, precision in order:
-            row = _run(variant, model, precision, args.before, args.steps)
+            row = _run(variant, model, precision, args.before, args.steps, args.infer_only)
             row["round"] = r
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -155,7 +171,7 @@ def summarize(rows):
     import statistics
 
     out = {}
-    for kind in ("train_img_s", "infer_img_s"):
+    for kind in ("train_img_s", "infer_img_s", "infer_folded_img_s"):
         for row in rows:
             if kind not in row:
                 continue

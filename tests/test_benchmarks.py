@@ -237,3 +237,17 @@ def test_bench_optimizer_times_both_sgds_and_writes_json(tmp_path):
     assert all(len(v) == 2 and min(v) > 0 for v in report["ms_per_step_rounds"].values())
     assert set(report["speedup_median"]) == {"SGD", "AdamW"}
     assert min(report["speedup_median"].values()) > 0 and "AdamW speedup" in proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_before_after_smoke(tmp_path):
+    """The paired before/after script, with this checkout standing in for the release."""
+    out = tmp_path / "before_after.json"
+    run_script("bench_before_after.py", "--before", BENCHMARKS.parent, "--only", "resnet9", "--steps", "1",
+               "--precisions", "mixed_bfloat16", "--infer-only", "--json", out, timeout=900)
+    report = json.loads(out.read_text())
+    rows = {r["variant"]: r for r in report["rows"]}
+    assert set(rows) == {"before", "after", "after+cpu"}
+    assert all(r["infer_img_s"] > 0 for r in rows.values())
+    assert rows["after"]["infer_folded_img_s"] > 0 and "infer_folded_img_s" not in rows["before"]
+    assert report["summary"]["after:resnet9_half:mixed_bfloat16:infer_img_s"]["vs_before"] > 0
