@@ -18,7 +18,6 @@ Stages are named `stem`, `conv2` ... `conv5` (CIFAR nets: `conv2`..`conv4`) and
 `head` (classifier, and the final BatchNorm of pre-activation nets).
 """
 
-import types
 
 import keras
 import numpy as np
@@ -182,24 +181,12 @@ def resolve_multipliers(model, spec):
 
 
 def apply_stage_learning_rates(optimizer, model, multipliers):
-    """Patches `optimizer` so each variable's step uses `lr * multiplier[stage]`.
+    """Patches `optimizer` so each variable's step uses `lr * multiplier[stage]`
+    (`keras_resnet.optimizers.scale_learning_rates`, group `"stages"`)."""
+    from keras_resnet.optimizers import scale_learning_rates
 
-    Works for any Keras optimizer: the multiplier scales the learning rate
-    passed to `update_step`, not the gradient (which Adam would normalise away).
-    """
     per_path = _variable_stage_multipliers(model, resolve_multipliers(model, multipliers))
-    # update_step sees backend variables: key them the way the optimizer does.
-    per_var = {compat.optimizer_variable_key(optimizer, w): per_path[w.path] for w in model.weights if w.path in per_path}
-    original = type(optimizer).update_step
-
-    def update_step(self, gradient, variable, learning_rate):
-        m = per_var.get(compat.optimizer_variable_key(self, variable), 1.0)
-        if m != 1.0:
-            learning_rate = learning_rate * keras.ops.cast(m, learning_rate.dtype)
-        return original(self, gradient, variable, learning_rate)
-
-    optimizer.update_step = types.MethodType(update_step, optimizer)
-    optimizer._keras_resnet_lr_multipliers = per_path
+    scale_learning_rates(optimizer, model, per_path, group="stages")
     return per_path
 
 

@@ -73,7 +73,7 @@ class FusedBatchNormalization(layers.BatchNormalization):
     def _fusable(self, inputs, mask):
         return (keras.backend.backend() == "tensorflow" and mask is None and not self.renorm
                 and not self.synchronized and len(inputs.shape) == 4
-                and self.axis in (-1, 3) and self.scale and self.center)
+                and self.axis in (-1, 3))
 
     def call(self, inputs, training=None, mask=None):
         if not self._fusable(inputs, mask):
@@ -82,8 +82,13 @@ class FusedBatchNormalization(layers.BatchNormalization):
 
         batch_statistics = bool(training) and self.trainable
         x = inputs if inputs.dtype in (tf.float32, tf.bfloat16, tf.float16) else tf.cast(inputs, tf.float32)
+        # `scale=False` / `center=False` (a frozen gamma of 1, a beta of 0) are
+        # constants to the fused op.
+        channels = inputs.shape[-1]
+        gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels], tf.float32)
+        beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels], tf.float32)
         y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-            x, tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32),
+            x, gamma, beta,
             mean=tf.cast(self.moving_mean, tf.float32),
             variance=tf.cast(self.moving_variance, tf.float32), epsilon=self.epsilon,
             data_format="NHWC", is_training=batch_statistics,
@@ -216,6 +221,9 @@ class ResidualBlock(layers.Layer):
         drop_path_rate: Stochastic-depth drop probability of this block.
         conv_bias: Give convolutions a bias, as keras.applications does.
         bn_epsilon, bn_momentum: BatchNorm hyper-parameters.
+        bn_scale: Learn each BatchNorm's scale (gamma). `False` fixes it at 1
+            (fast CIFAR recipes: fewer parameters, and the following
+            convolution can absorb any scale).
         sync_batchnorm: Synchronise BatchNorm statistics across replicas
             (`tf.distribute`), so small per-replica batches normalise like the
             global batch.
@@ -228,7 +236,7 @@ class ResidualBlock(layers.Layer):
     def __init__(self, filters, strides=1, shortcut="auto", normalization="batch",
                  zero_init_last_bn=False, se_ratio=None, drop_path_rate=0.0,
                  conv_bias=False, bn_epsilon=1e-5, bn_momentum=0.9, sync_batchnorm=False,
-                 kernel_initializer="he_normal", kernel_regularizer=None,
+                 kernel_initializer="he_normal", kernel_regularizer=None, bn_scale=True,
                  **kwargs):
         super().__init__(**kwargs)
         if not isinstance(filters, int) or filters < 1:
@@ -247,6 +255,10 @@ class ResidualBlock(layers.Layer):
         self.conv_bias = bool(conv_bias)
         self.bn_epsilon = float(bn_epsilon)
         self.bn_momentum = float(bn_momentum)
+        self.bn_scale = bool(bn_scale)
+        if self.zero_init_last_bn and not self.bn_scale and not self.preactivation:
+            raise ValueError("`zero_init_last_bn=True` needs a BatchNorm scale to set to zero. "
+                             "Received: zero_init_last_bn=True, bn_scale=False")
         self.sync_batchnorm = bool(sync_batchnorm)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
@@ -281,7 +293,8 @@ class ResidualBlock(layers.Layer):
             return layers.Identity(dtype=self.dtype_policy)
         return batch_normalization(
             synchronized=self.sync_batchnorm, epsilon=self.bn_epsilon, momentum=self.bn_momentum,
-            gamma_initializer="zeros" if zero_gamma else "ones", name=f"{self.name}_{suffix}_bn",
+            scale=self.bn_scale, gamma_initializer="zeros" if zero_gamma else "ones",
+            name=f"{self.name}_{suffix}_bn",
             dtype=self.dtype_policy)
 
     def _relu(self, suffix):
@@ -410,6 +423,7 @@ class ResidualBlock(layers.Layer):
             "conv_bias": self.conv_bias,
             "bn_epsilon": self.bn_epsilon,
             "bn_momentum": self.bn_momentum,
+            "bn_scale": self.bn_scale,
             "sync_batchnorm": self.sync_batchnorm,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
@@ -630,6 +644,83 @@ class ResNet9Block(BasicBlock):
         x = self._bn2(x, training=training)
         x = self._relu2(x)
         return self.add([inputs, x])
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PatchWhitening(layers.Layer):
+    """A stem that whitens `kernel_size` x `kernel_size` patches of its input.
+
+    A 'valid' convolution whose filters are the eigenvectors of the patch
+    covariance, each divided by the square root of its eigenvalue plus
+    `epsilon`, and the same filters negated (so a following ReLU loses
+    nothing): `2 * kernel_size**2 * channels` outputs. The filters are set
+    from data by `adapt(images)` and then stay fixed; the bias is learned.
+    Whitened inputs give every direction of pixel space the same scale, which
+    lets the first layers learn in fewer steps (Page 2018; K. Jordan,
+    "94% on CIFAR-10 in 3.29 seconds on a single GPU", 2024, where it saves a
+    third of the epochs). Before `adapt`, the filters are a random
+    orthogonal-like initialisation, so the layer also works unadapted.
+
+    Args:
+        kernel_size: Patch side (2 in airbench).
+        epsilon: Added to each eigenvalue before the inverse square root.
+    """
+
+    def __init__(self, kernel_size=2, epsilon=5e-4, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1:
+            raise ValueError(f"`kernel_size` must be a positive int. Received: kernel_size={kernel_size!r}")
+        if not isinstance(epsilon, (int, float)) or epsilon <= 0:
+            raise ValueError(f"`epsilon` must be a positive number. Received: epsilon={epsilon!r}")
+        self.kernel_size = kernel_size
+        self.epsilon = float(epsilon)
+
+    def build(self, input_shape):
+        channels = int(input_shape[-1])
+        self.filters = 2 * self.kernel_size ** 2 * channels
+        self.kernel = self.add_weight(
+            name="kernel", shape=(self.kernel_size, self.kernel_size, channels, self.filters),
+            initializer="glorot_uniform", trainable=False)
+        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+
+    def call(self, inputs):
+        x = keras.ops.conv(inputs, keras.ops.cast(self.kernel, inputs.dtype), padding="valid")
+        return x + keras.ops.cast(self.bias, x.dtype)
+
+    def adapt(self, images):
+        """Sets the filters from `images`, `[N, H, W, C]` as this layer receives
+        them (after any normalisation in front of it)."""
+        import numpy as np
+
+        images = np.asarray(images, dtype=np.float64)
+        k = self.kernel_size
+        if images.ndim != 4 or images.shape[1] < k or images.shape[2] < k:
+            raise ValueError(f"`images` must be [N, H, W, C] with H, W >= {k}. "
+                             f"Received: images.shape={images.shape}")
+        if not self.built:
+            self.build(images.shape)
+        if images.shape[-1] * k * k * 2 != self.filters:
+            raise ValueError(f"`images` has {images.shape[-1]} channels; the layer was built for "
+                             f"{self.filters // (2 * k * k)}. Received: images.shape={images.shape}")
+        if not np.all(np.isfinite(images)):
+            raise ValueError("`images` contains NaN or infinite values.")
+        # Patches as rows of k*k*C values in the (kh, kw, c) order of a Keras kernel.
+        windows = np.lib.stride_tricks.sliding_window_view(images, (k, k), axis=(1, 2))
+        patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, k * k * images.shape[-1])
+        covariance = patches.T @ patches / len(patches)
+        eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+        filters = eigenvectors / np.sqrt(np.maximum(eigenvalues, 0.0) + self.epsilon)
+        kernel = np.concatenate([filters, -filters], axis=1)
+        self.kernel.assign(kernel.reshape(k, k, images.shape[-1], self.filters).astype("float32"))
+
+    def compute_output_shape(self, input_shape):
+        def side(n):
+            return None if n is None else n - self.kernel_size + 1
+        return (input_shape[0], side(input_shape[1]), side(input_shape[2]),
+                2 * self.kernel_size ** 2 * input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "kernel_size": self.kernel_size, "epsilon": self.epsilon}
 
 
 BLOCK_TYPES = {

@@ -388,6 +388,7 @@ def build_resnet(
 
 
 RESNET9_RESIDUAL_UNITS = (1, 0, 1)  # after the conv2, conv3, conv4 transitions
+RESNET9_STEMS = ("conv", "whitening")
 
 
 def build_resnet9(
@@ -407,6 +408,8 @@ def build_resnet9(
     logit_scale=0.125,
     dropout_rate=0.0,
     preprocessing=None,
+    stem="conv",
+    bn_scale=True,
     name="resnet9",
 ):
     """ResNet-9, the DAWNBench CIFAR-10 network of D. Page, "How to train your
@@ -437,6 +440,11 @@ def build_resnet9(
         preprocessing, name: as in `build_resnet`.
         logit_scale: Multiplies the logits. Page's 0.125 keeps the initial
             softmax soft: the max-pooled features of a fresh net are large.
+        stem: `"conv"` (Page's 3x3 conv-BN-ReLU) or `"whitening"`: a
+            `PatchWhitening` layer (`conv1_whiten`, 2x2 patches, 24 outputs
+            for RGB) and a ReLU, its filters set from training images by
+            `PatchWhitening.adapt` (`train()` does it before the first step).
+        bn_scale: Learn BatchNorm scales; `False` fixes them at 1 (airbench).
 
     Returns:
         A functional `keras.Model`.
@@ -456,7 +464,12 @@ def build_resnet9(
                              f"times: the smallest input is 8x8. Received: input_shape={tuple(input_shape)}")
     if preprocessing is not None:
         normalization_layer(preprocessing)  # validates early
-    bn_kwargs = dict(epsilon=bn_epsilon, momentum=bn_momentum, synchronized=sync_batchnorm)
+    blocks.check_choice("stem", stem, RESNET9_STEMS)
+    if zero_init_last_bn and not bn_scale:
+        raise ValueError("`zero_init_last_bn=True` needs a BatchNorm scale to set to zero. "
+                         "Received: zero_init_last_bn=True, bn_scale=False")
+    bn_kwargs = dict(epsilon=bn_epsilon, momentum=bn_momentum, synchronized=sync_batchnorm,
+                     scale=bool(bn_scale))
 
     def conv(x, filters, prefix):
         return layers.Conv2D(filters, 3, padding="same", use_bias=False,
@@ -472,7 +485,11 @@ def build_resnet9(
     x = inputs
     if preprocessing is not None:
         x = normalization_layer(preprocessing)(x)
-    x = bn_relu(conv(x, base_filters, "conv1"), "conv1")
+    if stem == "whitening":
+        x = blocks.PatchWhitening(2, name="conv1_whiten")(x)
+        x = layers.Activation("relu", name="conv1_relu")(x)
+    else:
+        x = bn_relu(conv(x, base_filters, "conv1"), "conv1")
     for i, units in enumerate(RESNET9_RESIDUAL_UNITS):
         prefix = f"conv{i + 2}"
         filters = base_filters * 2 ** (i + 1)
@@ -482,7 +499,7 @@ def build_resnet9(
         for u in range(units):
             x = blocks.ResNet9Block(
                 filters, zero_init_last_bn=zero_init_last_bn, bn_epsilon=bn_epsilon,
-                bn_momentum=bn_momentum, sync_batchnorm=sync_batchnorm,
+                bn_momentum=bn_momentum, sync_batchnorm=sync_batchnorm, bn_scale=bn_scale,
                 kernel_initializer=kernel_initializer, kernel_regularizer=kernel_regularizer,
                 name=f"{prefix}_block{u + 1}")(x)
     if include_top:

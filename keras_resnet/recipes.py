@@ -44,6 +44,9 @@ class TrainConfig:
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     random_erasing: float = 0.0
+    flip: str = "random"  # "random" or "alternating" (airbench: each image flips every other epoch)
+    crop_padding: int = 4  # pixels of padding before the random crop (augment="cifar")
+    crop_pad_mode: str = "constant"  # "constant" (zeros) or "reflect"
     max_train_examples: Optional[int] = None
     # Optimisation
     epochs: int = 30
@@ -62,8 +65,13 @@ class TrainConfig:
     lr_boundaries: tuple = ()  # in steps, piecewise only
     lr_decay_factor: float = 0.1
     final_lr_fraction: float = 0.0
+    initial_lr_fraction: float = 0.04  # one-cycle: the starting rate as a fraction of the peak
     label_smoothing: float = 0.0
     ema_decay: Optional[float] = None
+    bn_bias_lr_multiplier: float = 1.0  # learning-rate multiplier of every BatchNorm bias
+    lookahead_every: Optional[int] = None  # steps between lookahead syncs (None: off)
+    lookahead_max_decay: float = 0.95 ** 5  # the slow weights' decay at the end of training
+    whitening_examples: int = 5000  # training images that set a whitening stem's filters
     clipnorm: Optional[float] = None
     # Fine-tuning
     unfreeze_schedule: Optional[dict] = None  # {epoch: [stage names]}
@@ -76,6 +84,7 @@ class TrainConfig:
     sync_batchnorm: bool = False
     seed: int = 0
     tta_flip: bool = True
+    tta_translate: int = 0  # multi-crop TTA: also average views shifted by this many pixels
     backup_every_steps: Optional[int] = None
     early_stopping_patience: Optional[int] = None
     output: Optional[str] = None
@@ -126,6 +135,23 @@ RECIPES = {
         weight_decay=5e-4, weight_decay_mode="l2", schedule="onecycle", warmup_epochs=2,
         epochs=34, label_smoothing=0.1, augment="cifar", precision="auto", tta_flip=True,
         model_options={"zero_init_last_bn": True},
+    ),
+    # Keller Jordan's airbench94 tricks (2024) on a residual net: a patch-whitening
+    # stem set from the data, BatchNorm scales fixed at 1, a 64x BatchNorm-bias
+    # learning rate, BatchNorm momentum 0.6 (torch's convention; Keras 0.4),
+    # lookahead every 5 steps, alternating flips, 2-pixel reflect-padded
+    # translation, a triangular schedule 0.2 -> 1 -> 0.07 of the peak, and
+    # multi-crop TTA. airbench's hyper-parameters at batch 512, in Keras's mean
+    # loss: lr 1.5 * 512 / 1024, L2 1e-3 / 0.75 per step (the same decay per
+    # example), Nesterov momentum 0.85.
+    "cifar10_airbench": dict(
+        dataset="cifar10", model="resnet9_whiten", batch_size=512, optimizer="sgd",
+        learning_rate=0.75, reference_batch_size=512, momentum=0.85, nesterov=True,
+        weight_decay=1.33e-3, weight_decay_mode="l2", schedule="onecycle", warmup_epochs=3.5,
+        initial_lr_fraction=0.2, final_lr_fraction=0.07, epochs=15, label_smoothing=0.2,
+        augment="cifar", flip="alternating", crop_padding=2, crop_pad_mode="reflect",
+        bn_bias_lr_multiplier=64.0, lookahead_every=5, precision="auto", tta_flip=True,
+        tta_translate=1, model_options={"bn_momentum": 0.4},
     ),
     "imagenet_resnet50": dict(
         dataset="imagenet2012", model="resnet50", batch_size=256, optimizer="sgd",

@@ -10,6 +10,9 @@ generic builder (the timm pattern). Glossary:
     resnet9, resnet9_half          ResNet-9 (Page 2018, DAWNBench): conv + max-pool stages
                                    of 128/256/512 filters (64/128/256 for _half) with two
                                    residual units; `keras_resnet.models.build_resnet9`.
+    resnet9_whiten                 resnet9_half with airbench's patch-whitening stem (24
+                                   fixed 2x2 filters set from the data, then ReLU) and
+                                   BatchNorm scales fixed at 1.
     resnet{18,34,50,101,152,200}   ImageNet ResNets; bottlenecks stride on the 3x3
                                    (v1.5, torchvision/timm).
     resnet{50,101,152}_v1          the keras.applications layout (conv biases,
@@ -50,6 +53,8 @@ for d in (20, 32, 44, 56, 110, 1202):
 # `builder` picks a builder other than `ResNet` (the one non-ResNet-family layout).
 MODEL_CONFIGS["resnet9"] = dict(CIFAR_INPUT, builder="resnet9")
 MODEL_CONFIGS["resnet9_half"] = dict(CIFAR_INPUT, builder="resnet9", base_filters=32)
+MODEL_CONFIGS["resnet9_whiten"] = dict(CIFAR_INPUT, builder="resnet9", base_filters=32, stem="whitening",
+                                       bn_scale=False)
 MODEL_CONFIGS["resnet14_w2"] = dict(CIFAR_INPUT, depth=14, width=2, stem="cifar")
 for d in (18, 34, 50, 101, 152, 200):
     MODEL_CONFIGS[f"resnet{d}"] = dict(IMAGENET_INPUT, depth=d, stem="imagenet")

@@ -54,7 +54,7 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def make_schedule(name, base_lr, total_steps, warmup_steps=0, boundaries=(), decay_factor=0.1,
-                  final_lr_fraction=0.0):
+                  final_lr_fraction=0.0, initial_lr_fraction=0.04):
     """Builds a schedule counted in optimizer steps.
 
     Args:
@@ -65,6 +65,7 @@ def make_schedule(name, base_lr, total_steps, warmup_steps=0, boundaries=(), dec
         boundaries: Step boundaries of the piecewise schedule.
         decay_factor: Piecewise multiplier at each boundary.
         final_lr_fraction: Cosine/one-cycle end rate as a fraction of `base_lr`.
+        initial_lr_fraction: One-cycle start rate as a fraction of `base_lr`.
 
     Returns:
         A `LearningRateSchedule` or a float.
@@ -85,7 +86,7 @@ def make_schedule(name, base_lr, total_steps, warmup_steps=0, boundaries=(), dec
         values = [float(base_lr) * decay_factor ** i for i in range(len(bounds) + 1)]
         return keras.optimizers.schedules.PiecewiseConstantDecay(bounds, values)
     if name == "onecycle":
-        return OneCycle(base_lr, total_steps, warmup_steps, start_factor=0.04,
+        return OneCycle(base_lr, total_steps, warmup_steps, start_factor=initial_lr_fraction,
                         end_factor=final_lr_fraction)
     # Keras's CosineDecay ramps from initial_learning_rate to warmup_target
     # over warmup_steps, then decays over decay_steps.

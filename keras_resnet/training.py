@@ -34,6 +34,7 @@ from keras_resnet import callbacks as kr_callbacks
 from keras_resnet.atomic import atomic_save, write_json_atomic
 from keras_resnet import compat, distribute, optimizers
 from keras_resnet.hostinfo import StealMeter, steal_warning
+from keras_resnet.lookahead import Lookahead
 from keras_resnet.recipes import TrainConfig, get_recipe
 from keras_resnet.registry import create_model
 from keras_resnet.schedules import make_schedule
@@ -98,7 +99,7 @@ def make_optimizer(config, steps_per_epoch, total_steps, global_batch):
         config.schedule, lr, total_steps,
         warmup_steps=int(round(config.warmup_epochs * steps_per_epoch)),
         boundaries=config.lr_boundaries, decay_factor=config.lr_decay_factor,
-        final_lr_fraction=config.final_lr_fraction)
+        final_lr_fraction=config.final_lr_fraction, initial_lr_fraction=config.initial_lr_fraction)
     common = dict(learning_rate=schedule, clipnorm=config.clipnorm,
                   use_ema=config.ema_decay is not None,
                   ema_momentum=config.ema_decay or 0.99)
@@ -125,6 +126,14 @@ def _validate(config):
                          "Valid: 'l2', 'decoupled'")
     if not 0 <= config.label_smoothing < 1:
         raise ValueError(f"`label_smoothing` must be in [0, 1). Received: label_smoothing={config.label_smoothing}")
+    if isinstance(config.bn_bias_lr_multiplier, bool) or not isinstance(
+            config.bn_bias_lr_multiplier, (int, float)) or config.bn_bias_lr_multiplier < 0:
+        raise ValueError("`bn_bias_lr_multiplier` must be a number >= 0. "
+                         f"Received: bn_bias_lr_multiplier={config.bn_bias_lr_multiplier!r}")
+    if config.lookahead_every is not None and (isinstance(config.lookahead_every, bool) or not isinstance(
+            config.lookahead_every, int) or config.lookahead_every < 1):
+        raise ValueError("`lookahead_every` must be a positive int or None. "
+                         f"Received: lookahead_every={config.lookahead_every!r}")
     if config.precision not in distribute.PRECISIONS:
         raise ValueError(f"Unknown precision. Received: precision={config.precision!r}. "
                          f"Valid: {distribute.PRECISIONS}")
@@ -132,30 +141,66 @@ def _validate(config):
         raise ValueError(f"Unknown strategy. Received: strategy={config.strategy!r}. Valid: {distribute.STRATEGIES}")
 
 
-def evaluate_model(model, eval_ds, tta_flip=False):
-    """Top-1 accuracy on `eval_ds`, and with flip TTA when asked, computed by
-    `keras_resnet.deploy.fold_batchnorm(model)` (the same outputs to float
-    rounding, and what an export serves)."""
+def evaluate_model(model, eval_ds, tta_flip=False, tta_translate=0):
+    """Top-1 accuracy on `eval_ds`, with test-time augmentation when asked.
+
+    Computed by `keras_resnet.deploy.fold_batchnorm(model)` (the same outputs
+    to float rounding, and what an export serves).
+
+    Args:
+        model: A classifier with softmax (or logit) outputs.
+        eval_ds: Batches of `(images, labels)`, one-hot or integer labels.
+        tta_flip: Also report `test_accuracy_flip_tta`: the image and its
+            mirror image, averaged.
+        tta_translate: When > 0, also report `test_accuracy_multicrop_tta`:
+            airbench's multi-crop TTA, half the weight on the flip pair of the
+            image and half on the flip pairs of two copies shifted by this many
+            pixels (reflect padding) up-left and down-right; 6 forward passes.
+            Views are averaged as log-probabilities (logits up to a constant).
+
+    Returns:
+        A dict of accuracies and `test_examples`.
+    """
     from keras_resnet.deploy import fold_batchnorm, is_foldable_model
 
+    if isinstance(tta_translate, bool) or not isinstance(tta_translate, int) or tta_translate < 0:
+        raise ValueError(f"`tta_translate` must be an int >= 0. Received: tta_translate={tta_translate!r}")
     inference = fold_batchnorm(model) if is_foldable_model(model) else model
 
-    def forward(images):  # eager: tracing a graph costs more than it saves on one pass
-        return inference(images, training=False)
+    last = model.layers[-1]
+    softmax = getattr(getattr(last, "activation", None), "__name__", None) == "softmax"
 
-    correct = correct_tta = total = 0
+    def log_probs(images):  # eager: tracing a graph costs more than it saves on one pass
+        p = np.asarray(inference(images, training=False), dtype=np.float32)
+        return np.log(np.maximum(p, 1e-30)) if softmax else p
+
+    def shifted(images, dy, dx):
+        t = tta_translate
+        padded = tf.pad(images, [[0, 0], [t, t], [t, t], [0, 0]], mode="REFLECT")
+        h, w = images.shape[1], images.shape[2]
+        return padded[:, t + dy:t + dy + h, t + dx:t + dx + w, :]
+
+    correct = correct_flip = correct_multi = total = 0
     for images, labels in eval_ds:
-        probs = forward(images)
         y = np.argmax(labels, -1) if labels.shape.rank == 2 else labels.numpy()
-        p = np.asarray(probs, dtype=np.float32)
-        correct += int(np.sum(np.argmax(p, -1) == y))
-        if tta_flip:
-            p2 = np.asarray(forward(tf.image.flip_left_right(images)), dtype=np.float32)
-            correct_tta += int(np.sum(np.argmax(p + p2, -1) == y))
+        plain = log_probs(images)
+        correct += int(np.sum(np.argmax(plain, -1) == y))
+        if tta_flip or tta_translate:
+            pair = (plain + log_probs(tf.image.flip_left_right(images))) / 2
+            correct_flip += int(np.sum(np.argmax(pair, -1) == y))
+        if tta_translate:
+            views = []
+            for d in (-tta_translate, tta_translate):
+                moved = shifted(images, d, d)
+                views.append((log_probs(moved) + log_probs(tf.image.flip_left_right(moved))) / 2)
+            multi = 0.5 * pair + 0.25 * (views[0] + views[1])
+            correct_multi += int(np.sum(np.argmax(multi, -1) == y))
         total += len(y)
     metrics = {"test_accuracy": correct / max(total, 1), "test_examples": total}
-    if tta_flip:
-        metrics["test_accuracy_flip_tta"] = correct_tta / max(total, 1)
+    if tta_flip or tta_translate:
+        metrics["test_accuracy_flip_tta"] = correct_flip / max(total, 1)
+    if tta_translate:
+        metrics["test_accuracy_multicrop_tta"] = correct_multi / max(total, 1)
     return metrics
 
 
@@ -295,7 +340,8 @@ def _make_data(config, train_data, eval_data, resume_epoch=0):
         seed=config.seed, one_hot=True, mixup_alpha=config.mixup_alpha,
         cutmix_alpha=config.cutmix_alpha, random_erasing=config.random_erasing,
         max_examples=config.max_train_examples, offline=config.offline,
-        resume_epoch=resume_epoch, steps_per_epoch=config.steps_per_epoch)
+        resume_epoch=resume_epoch, steps_per_epoch=config.steps_per_epoch, flip=config.flip,
+        crop_padding=config.crop_padding, crop_pad_mode=config.crop_pad_mode)
     return train_ds, (eval_data if eval_data is not None else default_eval), info
 
 
@@ -331,10 +377,36 @@ def _build_compiled_model(config, info, strategy, steps_per_epoch, total_steps):
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
             metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
             jit_compile=config.jit_compile)
+        if config.bn_bias_lr_multiplier != 1.0:
+            optimizers.scale_learning_rates(
+                model.optimizer, model,
+                optimizers.batchnorm_bias_multipliers(model, config.bn_bias_lr_multiplier),
+                group="batchnorm_bias")
     return model
 
 
-def _make_callbacks(config, run, extra_callbacks, steps_per_epoch):
+def _adapt_whitening(model, train_ds, examples):
+    """Sets every `PatchWhitening` stem's filters from `examples` training images
+    (as the layer sees them: after the model's preprocessing). A resumed run
+    then restores the saved filters over these."""
+    from keras_resnet.layers import PatchWhitening, walk_layers
+
+    stems = [layer for layer in walk_layers(model) if isinstance(layer, PatchWhitening)]
+    if not stems:
+        return
+    images, count = [], 0
+    for batch in train_ds:
+        images.append(np.asarray(batch[0], dtype=np.float32))
+        count += len(images[-1])
+        if count >= examples:
+            break
+    images = np.concatenate(images)[:examples]
+    for stem in stems:
+        features = keras.Model(model.inputs, stem.input)
+        stem.adapt(features.predict(images, batch_size=500, verbose=0))
+
+
+def _make_callbacks(config, run, extra_callbacks, steps_per_epoch, total_steps):
     """`(callbacks, backup, nan_guard)`: crash-safe backups, best model, logs."""
     backup = kr_callbacks.AtomicBackupAndRestore(
         os.path.join(run.out_dir, "backup"), save_freq=config.backup_every_steps or "epoch",
@@ -346,6 +418,9 @@ def _make_callbacks(config, run, extra_callbacks, steps_per_epoch):
            backup,  # after the CSV logger: see ResumableCSVLogger
            kr_callbacks.BestCheckpoint(os.path.join(run.out_dir, "best.keras")),
            keras.callbacks.TensorBoard(os.path.join(run.out_dir, "logs"), write_graph=False)]
+    if config.lookahead_every:
+        cbs.append(Lookahead(total_steps, every=config.lookahead_every,
+                             max_decay=config.lookahead_max_decay))
     if config.early_stopping_patience:
         cbs.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
                                                  patience=config.early_stopping_patience))
@@ -437,7 +512,9 @@ def train(config, *, train_data=None, eval_data=None, extra_callbacks=(), model_
     hook_status = model_hook(model) if model_hook is not None else None
     if hook_status:
         log.info("model_hook: %s", hook_status)
-    callbacks, backup, nan_guard = _make_callbacks(config, run, extra_callbacks, steps_per_epoch)
+    _adapt_whitening(model, train_ds, config.whitening_examples)
+    callbacks, backup, nan_guard = _make_callbacks(config, run, extra_callbacks, steps_per_epoch,
+                                                   steps_per_epoch * epochs)
     history, seconds, steal_fraction = _fit(
         model, train_ds, eval_data, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
         backup=backup, verbose=config.verbose, run_dir=run.run_dir)
@@ -450,7 +527,8 @@ def train(config, *, train_data=None, eval_data=None, extra_callbacks=(), model_
     if model_hook is not None:
         metrics["model_hook"] = hook_status
     if eval_data is not None:
-        metrics.update(evaluate_model(model, eval_data, tta_flip=config.tta_flip))
+        metrics.update(evaluate_model(model, eval_data, tta_flip=config.tta_flip,
+                                      tta_translate=config.tta_translate))
     if run.chief:  # the model, plots and history are the chief's alone
         atomic_save(model.save, os.path.join(run.run_dir, "model.keras"))
         _plot_history(os.path.join(run.run_dir, "history.csv"), run.run_dir)

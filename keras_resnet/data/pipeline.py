@@ -39,6 +39,7 @@ from keras_resnet.data.tfds_source import _tfds_source
 from keras_resnet.image_guard import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger("keras_resnet.data")
+FLIPS = ("random", "alternating")
 SHUFFLE_BUFFER = 20_000      # decoded or encoded examples; file names shuffle in full
 CACHE_MEMORY_FRACTION = 0.4  # of the memory available when the pipeline is built
 
@@ -209,6 +210,9 @@ class _Plan:
     input_context: object
     max_examples: object
     per_replica_batch: int
+    flip: str = "random"
+    crop_padding: int = 4
+    crop_pad_mode: str = "constant"
     initial_step: int = 0  # batches a resumed run has consumed already
 
 
@@ -244,6 +248,10 @@ def _train_pipeline(split, plan, budget):
         ds, num = ds.take(plan.max_examples), min(num, plan.max_examples)
     ds = _shard(ds, plan.input_context)
     num = _local_count(num, plan.input_context)
+    alternating = plan.flip == "alternating" and plan.augment is not None
+    if alternating:
+        # Each example carries its index, so its flip can alternate between passes.
+        ds = ds.enumerate().map(lambda i, example: (example[0], example[1], i))
     prepare, short_side, resized_to = _train_preparation(plan.augment, plan.image_size, split)
     decode = split.decode
     estimate = _decoded_bytes(dataclasses.replace(split, num_examples=num, image_sizes=(
@@ -254,7 +262,7 @@ def _train_pipeline(split, plan, budget):
         # image, 3x the JPEG decode): crop from the full-resolution image.
         prepare = lambda image: image  # noqa: E731
     if cached:
-        ds = ds.map(lambda item, y: (prepare(decode(item)), y), num_parallel_calls=AUTOTUNE)
+        ds = ds.map(lambda item, y, *ids: (prepare(decode(item)), y, *ids), num_parallel_calls=AUTOTUNE)
         if split.may_fail:
             ds = ds.ignore_errors(log_warning=True)
         ds = ds.cache()
@@ -266,15 +274,20 @@ def _train_pipeline(split, plan, budget):
     ds = ds.repeat().shuffle(max(buffer, 1), seed=plan.seed, reshuffle_each_iteration=False)
     transform = aug.train_transform(
         plan.augment, plan.image_size, crop_fraction=plan.crop_fraction,
-        random_erasing_prob=plan.random_erasing, randaugment=plan.randaugment)
+        random_erasing_prob=plan.random_erasing, randaugment=plan.randaugment,
+        crop_padding=plan.crop_padding, crop_pad_mode=plan.crop_pad_mode)
     labels = _labels(plan.num_classes, plan.one_hot)
     base_seed = _seed_for(plan.seed, 0)
+    flip_seed = _seed_for(plan.seed, 2)
 
     def train_map(index, example):
-        item, y = example
+        item, y, *ids = example
         image = item if cached else prepare(decode(item))
         seed = tf.random.experimental.stateless_fold_in(base_seed, index)
-        return transform(image, seed), labels(y)
+        # The pass over the data this element belongs to (the shuffle buffer
+        # blurs the boundary by a few thousand elements).
+        flip = aug.alternating_flip(ids[0], index // max(num, 1), flip_seed) if alternating else None
+        return transform(image, seed, flip), labels(y)
 
     # The counter is assigned before the parallel map: each example's
     # randomness is fixed even when the map's output order is not.
@@ -350,7 +363,8 @@ def make_pipelines(source, batch_size, *, image_size=None, augment="auto", data_
                    one_hot=True, mixup_alpha=0.0, cutmix_alpha=0.0, random_erasing=0.0,
                    randaugment=None, crop_fraction=None, deterministic=False, input_context=None,
                    max_examples=None, strict=False, max_pixels=DEFAULT_MAX_PIXELS, offline=False,
-                   resume_epoch=0, steps_per_epoch=None):
+                   resume_epoch=0, steps_per_epoch=None, flip="random", crop_padding=4,
+                   crop_pad_mode="constant"):
     """Training and evaluation `tf.data` pipelines for `model.fit`.
 
     Args:
@@ -387,6 +401,11 @@ def make_pipelines(source, batch_size, *, image_size=None, augment="auto", data_
         max_examples: use only the first N training examples (smoke runs).
         strict: image folders: raise on the first bad file instead of skipping.
         max_pixels: image folders: reject larger images before decoding.
+        flip: `"random"` (a coin per image and pass) or `"alternating"`
+            (`keras_resnet.augment.alternating_flip`: a coin in the first pass,
+            then the other side each pass).
+        crop_padding, crop_pad_mode: the `cifar` preset's padding before its
+            random crop (pixels; `"constant"` zeros or `"reflect"`).
 
     Returns:
         `(train_ds, eval_ds, DatasetInfo)`: `train_ds` is endless (pass
@@ -402,6 +421,9 @@ def make_pipelines(source, batch_size, *, image_size=None, augment="auto", data_
                                   max_pixels)
     if augment != "auto":
         aug.resolve_augment(augment, (0, 0))  # fail before touching the data
+    if flip not in FLIPS:
+        raise ValueError(f"Unknown flip mode. Received: flip={flip!r}. Expected one of {FLIPS}.")
+    aug.train_transform(None, (1, 1), crop_padding=crop_padding, crop_pad_mode=crop_pad_mode)  # validates
     if seed is None:
         seed = 0 if deterministic else int.from_bytes(os.urandom(4), "little") >> 1
     source_obj = _open_source(source, data_dir=data_dir, train_split=train_split, eval_split=eval_split,
@@ -417,7 +439,8 @@ def make_pipelines(source, batch_size, *, image_size=None, augment="auto", data_
         augment=augment, image_size=size, crop_fraction=crop_fraction, seed=int(seed), cache=bool(cache),
         one_hot=bool(one_hot), mixup_alpha=float(mixup_alpha), cutmix_alpha=float(cutmix_alpha),
         random_erasing=float(random_erasing), randaugment=randaugment, num_classes=num_classes,
-        input_context=input_context, max_examples=max_examples,
+        input_context=input_context, max_examples=max_examples, flip=flip,
+        crop_padding=crop_padding, crop_pad_mode=crop_pad_mode,
         per_replica_batch=(input_context.get_per_replica_batch_size(batch_size)
                            if input_context is not None else int(batch_size)))
     num_train = source_obj.train.num_examples
