@@ -124,6 +124,8 @@ def build_parser():
     p.add_argument("--split", default=None, help="Split to evaluate (default: the run's eval split).")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--tta-flip", type=_parse_bool, default=True, help="Also report flip test-time augmentation.")
+    p.add_argument("--tta-translate", type=int, default=None,
+                   help="Also report multi-crop TTA with views shifted by N pixels (default: the run's).")
 
     p = sub.add_parser("predict", help="Top-k predictions for images or folders of images.")
     p.add_argument("run", help="Run directory or .keras file.")
@@ -203,7 +205,8 @@ def _evaluate(args):
         dataset, args.batch_size, image_size=image_size, augment=None,
         data_dir=args.data_dir or cfg.get("data_dir"), eval_split=args.split or cfg.get("eval_split"),
         crop_fraction=run_config.get("data", {}).get("crop_fraction"), offline=args.offline)
-    print(json.dumps(evaluate_model(model, eval_ds, tta_flip=args.tta_flip), indent=2))
+    translate = args.tta_translate if args.tta_translate is not None else cfg.get("tta_translate", 0)
+    print(json.dumps(evaluate_model(model, eval_ds, tta_flip=args.tta_flip, tta_translate=translate), indent=2))
 
 
 def _list_images(paths):

@@ -410,6 +410,7 @@ def build_resnet9(
     preprocessing=None,
     stem="conv",
     bn_scale=True,
+    stage_filters=None,
     name="resnet9",
 ):
     """ResNet-9, the DAWNBench CIFAR-10 network of D. Page, "How to train your
@@ -445,6 +446,8 @@ def build_resnet9(
             for RGB) and a ReLU, its filters set from training images by
             `PatchWhitening.adapt` (`train()` does it before the first step).
         bn_scale: Learn BatchNorm scales; `False` fixes them at 1 (airbench).
+        stage_filters: Filters of conv2, conv3 and conv4 instead of 2x, 4x
+            and 8x `base_filters` (airbench94's widths are `(64, 256, 256)`).
 
     Returns:
         A functional `keras.Model`.
@@ -465,6 +468,12 @@ def build_resnet9(
     if preprocessing is not None:
         normalization_layer(preprocessing)  # validates early
     blocks.check_choice("stem", stem, RESNET9_STEMS)
+    if stage_filters is None:
+        stage_filters = tuple(base_filters * 2 ** (i + 1) for i in range(len(RESNET9_RESIDUAL_UNITS)))
+    if (not isinstance(stage_filters, (tuple, list)) or len(stage_filters) != len(RESNET9_RESIDUAL_UNITS)
+            or not all(_is_int(f) and f >= 1 for f in stage_filters)):
+        raise ValueError("`stage_filters` must be 3 positive ints (conv2, conv3, conv4). "
+                         f"Received: stage_filters={stage_filters!r}")
     if zero_init_last_bn and not bn_scale:
         raise ValueError("`zero_init_last_bn=True` needs a BatchNorm scale to set to zero. "
                          "Received: zero_init_last_bn=True, bn_scale=False")
@@ -492,7 +501,7 @@ def build_resnet9(
         x = bn_relu(conv(x, base_filters, "conv1"), "conv1")
     for i, units in enumerate(RESNET9_RESIDUAL_UNITS):
         prefix = f"conv{i + 2}"
-        filters = base_filters * 2 ** (i + 1)
+        filters = int(stage_filters[i])
         x = conv(x, filters, prefix)
         x = layers.MaxPooling2D(2, name=f"{prefix}_pool")(x)
         x = bn_relu(x, prefix)

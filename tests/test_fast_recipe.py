@@ -311,3 +311,14 @@ def test_airbench_recipe_smoke_run(tmp_path):
     assert np.abs(stem.kernel.numpy()).max() > 1.0  # set from data (glorot values are < 1)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
     assert saved["flip"] == "alternating" and saved["bn_bias_lr_multiplier"] == 64.0
+
+
+def test_resnet9_stage_filters_set_each_stage_width():
+    model = kr.create_model("resnet9_whiten", stage_filters=(64, 256, 256))
+    widths = [model.get_layer(f"conv{i}_conv").filters for i in (2, 3, 4)]
+    assert widths == [64, 256, 256]
+    assert model.get_layer("conv4_block1").filters == 256
+    default = kr.create_model("resnet9_half")
+    assert [default.get_layer(f"conv{i}_conv").filters for i in (2, 3, 4)] == [64, 128, 256]
+    with pytest.raises(ValueError, match="stage_filters=\\(1, 2\\)"):
+        kr.create_model("resnet9_half", stage_filters=(1, 2))
