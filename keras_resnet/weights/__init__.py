@@ -12,7 +12,7 @@ from keras_resnet.models import KERAS_APPLICATIONS, imagenet_layout  # noqa: F40
 from keras_resnet.weights.keras_applications import (  # noqa: F401
     from_keras_applications, keras_applications_name, port_weights)
 from keras_resnet.weights.hub import (  # noqa: F401
-    DEFAULT_FINETUNE_TAG, PRETRAINED, PretrainedWeights, list_pretrained, pretrained)
+    PRETRAINED, PretrainedWeights, list_pretrained, pretrained)
 from keras_resnet.weights.torch_convert import (  # noqa: F401
     load_state_dict, load_torch_checkpoint, read_checkpoint)
 from keras_resnet.weights.loading import load_weights, resolve_tag  # noqa: F401

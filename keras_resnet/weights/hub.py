@@ -127,8 +127,6 @@ _ENTRIES = [
     _timm("se_resnet50", "timm_a1", "seresnet50.a1_in1k", 80.012, 0.95),
 ]
 PRETRAINED = {(e.model, e.tag): e for e in _ENTRIES}
-# The tag the fine-tuning recipe starts from when it is given no `weights`.
-DEFAULT_FINETUNE_TAG = "torchvision_v2"
 _TAG = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 

@@ -37,6 +37,12 @@ def local_file(weights):
 
 
 def load_weights(model, weights, depth=None, preact=False, skip_head="auto"):
+    """Loads `weights` into `model` in place and returns `model` (see `load`)."""
+    load(model, weights, depth=depth, preact=preact, skip_head=skip_head)
+    return model
+
+
+def load(model, weights, depth=None, preact=False, skip_head="auto"):
     """Loads `weights` into `model` in place.
 
     Args:

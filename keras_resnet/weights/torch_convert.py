@@ -26,6 +26,7 @@ Files are read without unpickling anything: `.safetensors` with the
 """
 
 import os
+import pickle
 import re
 
 import keras
@@ -74,7 +75,12 @@ def read_checkpoint(path):
             raise ImportError(
                 f"Reading a torch checkpoint needs torch (pip install 'keras-resnet[torch]'), or "
                 f"use the .safetensors file of the same weights. Received: weights={path!r}") from None
-        state = torch.load(path, weights_only=True, map_location="cpu")
+        try:
+            state = torch.load(path, weights_only=True, map_location="cpu")
+        except pickle.UnpicklingError as error:
+            raise ValueError(
+                f"The torch file holds objects other than tensors, which are never unpickled "
+                f"({str(error).splitlines()[0][:200]}). Received: weights={path!r}") from None
         for key in ("state_dict", "model"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]
