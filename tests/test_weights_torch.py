@@ -6,6 +6,7 @@ included) and saved as `.pth` and `.safetensors`; nothing is downloaded.
 """
 
 import dataclasses
+import re
 import shutil
 import sys
 
@@ -332,7 +333,12 @@ def test_timm_tag_and_url_without_torch_files(torch_models, tmp_path, fake_downl
     url = "https://example.com/weights/r18d.safetensors?download=1"
     serve[url] = serve[entry.url]
     other = kr.create_model("resnet18d", input_shape=(*SIZE, 3), num_classes=7, weights=url)
-    assert calls[-1]["fname"] == "r18d.safetensors" and calls[-1]["origin"] == url
+    assert calls[-1]["origin"] == url and calls[-1]["cache_subdir"] == "keras_resnet"
+    assert re.fullmatch(r"url-[0-9a-f]{12}-r18d\.safetensors", calls[-1]["fname"])
+    # Another URL with the same file name gets its own cache file.
+    serve["https://example.org/r18d.safetensors"] = serve[entry.url]
+    kr.weights.hub.download("https://example.org/r18d.safetensors")
+    assert calls[-1]["fname"] != calls[-2]["fname"]
     assert other.output_shape == (None, 7)
     assert "preprocessing" not in [l.name for l in other.layers]  # a URL: no mean/std known
 

@@ -181,14 +181,19 @@ def check_sha256(path, expected):
 
 def download(url, fname=None, sha256=None):
     """The local path of `url`, downloaded once into the keras_resnet cache
-    through `keras.utils.get_file`, its SHA-256 checked when `sha256` is given.
+    through `keras.utils.get_file`, its SHA-256 checked when `sha256` is given
+    (an arbitrary URL has none: only the converter's checks guard it).
 
     Raises:
         ValueError: for a URL that is not http(s), or a hash mismatch.
     """
     if not re.match(r"^https?://", url):
         raise ValueError(f"Weights URLs must be http:// or https://. Received: weights={url!r}")
-    fname = fname or url.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+    if fname is None:
+        # Many URLs end alike (Hugging Face's `.../model.safetensors`): the cache
+        # name carries a digest of the whole URL so that two never share a file.
+        base = url.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+        fname = f"url-{hashlib.sha256(url.encode()).hexdigest()[:12]}-{base}"
     path = keras.utils.get_file(fname, origin=url, cache_subdir=CACHE_SUBDIR)
     if sha256:
         check_sha256(path, sha256)
