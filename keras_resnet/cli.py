@@ -20,7 +20,10 @@ from keras_resnet.recipes import DEFAULT_RECIPE, RECIPES, TrainConfig
 _FLAG_HELP = {
     "recipe": f"Recipe to start from: {', '.join(sorted(RECIPES))}.",
     "model": "Registered model name (see `keras-resnet models`).",
-    "weights": "Start from these weights: a .keras/.weights.h5 file or 'imagenet'.",
+    "weights": ("Start from these weights: a tag of the model (torchvision_v1, torchvision_v2, timm_a1, "
+                "timm_ra2, ...: see docs/models.md), 'imagenet' (keras.applications, the _v1/_v2 "
+                "models), an http(s) URL, or a .keras/.weights.h5/.safetensors/.pth file. Downloads "
+                "are cached in ~/.keras/keras_resnet."),
     "offline": "Never download: a tensorflow-datasets dataset that is not prepared is an error.",
     "dataset": "tfds name (cifar10, tf_flowers, ...), an image folder, or an .npz file.",
     "data_dir": "tensorflow-datasets data directory (default: $TFDS_DATA_DIR).",

@@ -18,6 +18,7 @@ Stages are named `stem`, `conv2` ... `conv5` (CIFAR nets: `conv2`..`conv4`) and
 `head` (classifier, and the final BatchNorm of pre-activation nets).
 """
 
+import os
 
 import keras
 import numpy as np
@@ -244,7 +245,12 @@ def load_backbone(model, source, include_head=False):
 
     Args:
         model: The keras_resnet model to fill (typically with a new `num_classes`).
-        source: A `.keras` or `.weights.h5` path, a `keras.Model`, or `"imagenet"`.
+        source: A `keras.Model`; `"imagenet"` (keras.applications, `_v1`/`_v2`
+            layouts); a tag of `model.name` (`"torchvision_v2"`, `"timm_a1"`:
+            `keras_resnet.weights.list_pretrained()`); an http(s) URL; or a
+            `.keras`, `.weights.h5`, `.safetensors` or `.pth` file. Tags and
+            torch checkpoints warn when `model` does not normalise its input
+            with the weights' mean/std (`train` builds it so).
         include_head: Also copy the classifier (`predictions`) when its shape
             matches. Off by default: a fine-tune to new classes wants a freshly
             initialised head, not one trained to recognise the old classes
@@ -264,7 +270,7 @@ def load_backbone(model, source, include_head=False):
 
         app = getattr(keras.applications, keras_applications_name(model))(weights="imagenet", include_top=True)
         return port_weights(app, model, exclude=exclude)
-    source = str(source)
+    source = os.fspath(source)
     if source.endswith(".keras"):
         return port_weights(keras.saving.load_model(source, compile=False), model, exclude=exclude)
     if source.endswith(".weights.h5"):
@@ -277,7 +283,11 @@ def load_backbone(model, source, include_head=False):
                 layer.set_weights(values)
         return [layer.name for layer in model.layers
                 if layer.weights and (include_head or layer.name != "predictions")]
-    raise ValueError(f"`weights` must be 'imagenet', a .keras or a .weights.h5 path. Received: weights={source!r}")
+    # Tags, URLs and torch checkpoints: every tensor by name (keras_resnet.weights.torch_convert).
+    from keras_resnet.weights import loading
+
+    return [name for name in loading.load(model, source, skip_head="auto" if include_head else True)
+            if include_head or name != "predictions"]
 
 
 def recalibrate_batchnorm(model, dataset, steps=50):

@@ -570,9 +570,14 @@ def ResNet(input_shape, num_classes=1000, depth=None, *, stages=None, block=None
             shape changes) for the others.
         width: Width multiplier (Wide ResNets).
         preact: Use pre-activation blocks (He et al. 2016).
-        weights: `None`, a `.weights.h5` / `.keras` path, or `"imagenet"`
-            (ResNet-50/101/152, v1 or pre-activation, via keras.applications;
-            this forces the keras.applications layout).
+        weights: `None`; `"imagenet"` (ResNet-50/101/152, v1 or
+            pre-activation, via keras.applications; this forces the
+            keras.applications layout); a tag of the model's name
+            (`"torchvision_v2"`, `"timm_a1"`: `keras_resnet.weights.list_pretrained()`),
+            which also sets `preprocessing` to the weights' mean/std unless
+            given; an http(s) URL; or a `.weights.h5`, `.keras`,
+            `.safetensors` or `.pth` file. A 1000-class checkpoint fills a
+            model with another `num_classes` except its classifier.
         name: Model name (`resnet{depth}` by default).
         **options: Any other `build_resnet` argument.
 
@@ -639,6 +644,14 @@ def ResNet(input_shape, num_classes=1000, depth=None, *, stages=None, block=None
         block = "preact_" + block
     if name is None:
         name = f"{'preact_' if preact else ''}resnet{depth or ''}"
+    if weights is not None and weights != "imagenet":
+        from keras_resnet.weights import resolve_tag
+
+        # A tag is checked before anything is built, and brings the mean/std
+        # its weights were trained with: the model takes 0-255 pixels.
+        weights = resolve_tag(name, weights) or weights
+        if hasattr(weights, "preprocessing"):
+            options.setdefault("preprocessing", weights.preprocessing)
     model = build_resnet(shape, num_classes, stages, block=block, stem=stem,
                          shortcut=shortcut or "auto", name=name, **options)
     if weights is not None:

@@ -15,8 +15,9 @@ Every field is overridable from `train(config)` or a CLI flag of the same name
     imagenet_resnet50: 90 epochs, lr 0.1 x batch/256 (linear scaling), 5
         warmup epochs + cosine, label smoothing 0.1, weight decay 1e-4 (Goyal et
         al. 2017; He et al. 2019).
-    finetune: start from `weights`, new head, gradual unfreezing with
-        discriminative learning rates, BatchNorm frozen.
+    finetune: start from `weights` (by default ResNet-50 with torchvision's
+        IMAGENET1K_V2 weights, tag `torchvision_v2`), new head, gradual
+        unfreezing with discriminative learning rates, BatchNorm frozen.
 """
 
 import dataclasses
@@ -162,7 +163,7 @@ RECIPES = {
         precision="auto", tta_flip=False, model_options={"zero_init_last_bn": True},
     ),
     "finetune": dict(
-        dataset="tf_flowers", model="resnet50", batch_size=32, optimizer="sgd",
+        dataset="tf_flowers", model="resnet50", weights="torchvision_v2", batch_size=32, optimizer="sgd",
         learning_rate=0.01, reference_batch_size=32, momentum=0.9, nesterov=True,
         weight_decay=1e-4, weight_decay_mode="decoupled", schedule="cosine",
         warmup_epochs=1, epochs=10, label_smoothing=0.1, augment="auto",

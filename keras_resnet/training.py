@@ -363,6 +363,14 @@ def _build_compiled_model(config, info, strategy, steps_per_epoch, total_steps):
         options = dict(config.model_options)
         if config.weight_decay_mode == "l2" and config.weight_decay:
             options.setdefault("weight_decay", config.weight_decay)
+        if config.weights:
+            from keras_resnet.weights import resolve_tag
+
+            # Published weights bring the mean/std they were trained with (and
+            # an unknown tag fails here, before any data is read).
+            tagged = resolve_tag(config.model, config.weights)
+            if tagged is not None:
+                options.setdefault("preprocessing", tagged.preprocessing)
         options.setdefault("preprocessing", info.normalization)
         if config.sync_batchnorm:
             options["sync_batchnorm"] = True

@@ -1,18 +1,17 @@
-"""Loading weights: files from earlier runs, and the keras.applications port.
+"""The keras.applications port: their ResNet/ResNetV2 weights into keras_resnet models.
 
 keras_resnet names its sub-layers exactly as keras.applications does
 (`conv2_block1_1_conv`, `post_bn`, `predictions`), so porting is a walk over
 the reference model's layers with a name lookup and a shape check.
 """
 
-import os
+import re
 
 import keras
 
 from keras_resnet import layers as blocks
 from keras_resnet.layers import walk_layers
 from keras_resnet.models import KERAS_APPLICATIONS, ResNet, imagenet_layout
-
 
 
 def _weighted_sublayers(model):
@@ -133,8 +132,6 @@ def keras_applications_name(model):
     keras.applications' V1 weights need conv biases, which the v1.5 layout
     (`resnet50`, torchvision's) does not have.
     """
-    import re
-
     match = re.search(r"(\d+)", model.name)
     depth = int(match.group(1)) if match else None
     layers = {layer.name: layer for layer in walk_layers(model)}
@@ -153,32 +150,3 @@ def keras_applications_name(model):
             f" instead. Received: model.name={model.name!r}, whose convolutions have no biases "
             "(the v1.5 layout of torchvision and timm)")
     return app_name
-
-
-def load_weights(model, weights, depth=None, preact=False):
-    """Loads `weights` (a path or `"imagenet"`) into `model` in place.
-
-    Raises:
-        ValueError: for a missing file or an unsupported value, naming it.
-    """
-    if weights == "imagenet":
-        app_name = KERAS_APPLICATIONS[(depth, bool(preact))]
-        include_top = any(layer.name == "predictions" for layer in model.layers)
-        app = getattr(keras.applications, app_name)(
-            weights="imagenet", include_top=include_top and model.output_shape[-1] == 1000)
-        port_weights(app, model, strict=True)
-        return model
-    if not isinstance(weights, (str, os.PathLike)):
-        raise ValueError(f"`weights` must be None, 'imagenet' or a path. Received: weights={weights!r}")
-    path = os.fspath(weights)
-    if not os.path.exists(path):
-        raise ValueError(f"Weights file not found. Received: weights={path!r}")
-    if path.endswith(".weights.h5"):
-        model.load_weights(path)
-    elif path.endswith(".keras"):
-        source = keras.saving.load_model(path, compile=False)
-        port_weights(source, model, strict=True)
-    else:
-        raise ValueError(
-            f"`weights` must end in '.weights.h5' or '.keras'. Received: weights={path!r}")
-    return model
