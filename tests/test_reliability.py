@@ -334,3 +334,56 @@ def test_a_mid_epoch_restore_rewinds_the_schedule_to_the_epoch_start(tmp_path):
     cb.set_model(fresh)
     cb.on_train_begin()
     assert int(fresh.optimizer.iterations.numpy()) == 20
+
+
+def _hostile():
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+    import hostile_images
+    return hostile_images
+
+
+def test_bitfield_bmps_never_decode_with_swapped_channels(tmp_path):
+    """TensorFlow ignores a 32-bit BI_BITFIELDS/BI_ALPHABITFIELDS BMP's masks and
+    reads B, G, R: RGBA/ABGR masks came out channel-swapped in serving and training."""
+    import tensorflow as tf
+
+    from keras_resnet import image_guard
+    from keras_resnet.data import folders
+
+    h = _hostile()
+    rgb = h.colourful(6, 5)
+    decode = tf.function(lambda b: image_guard.decode_image(b, (6, 5), index=tf.constant(0)),
+                         input_signature=[tf.TensorSpec([], tf.string)])
+    # The layout TensorFlow assumes decodes exactly, whatever the header size.
+    for compression, header in ((3, 40), (6, 40), (3, 108), (3, 124)):
+        np.testing.assert_array_equal(decode(h.bmp32(rgb, h.BGRA_MASKS, compression, header)).numpy(), rgb)
+    refused = {"rgba": h.bmp32(rgb, h.RGBA_MASKS), "abgr": h.bmp32(rgb, h.ABGR_MASKS),
+               "rgba_v4": h.bmp32(rgb, h.RGBA_MASKS, header_size=108),
+               "abgr_v5": h.bmp32(rgb, h.ABGR_MASKS, header_size=124),
+               "rgba_alphabitfields": h.bmp32(rgb, h.RGBA_MASKS, compression=6)}
+    for name, encoded in refused.items():
+        with pytest.raises(tf.errors.InvalidArgumentError, match="non-BGR bitfield BMP"):
+            decode(encoded)
+        assert image_guard.refused_bmp(encoded), name
+    # The folder loader: what Pillow reads correctly (V4/V5 masks) goes to Pillow,
+    # the rest is skipped and named (strict: a clear error). Nothing is swapped.
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        (tmp_path / cls / "bgra.bmp").write_bytes(h.bmp32(rgb, h.BGRA_MASKS))
+    for name, encoded in refused.items():
+        (tmp_path / "a" / f"{name}.bmp").write_bytes(encoded)
+    files, _, skipped, _ = data.scan_image_folder(str(tmp_path))
+    by_name = {f.path.rsplit("/", 1)[1]: f for f in files if f.label == 0}
+    assert sorted(by_name) == ["abgr.bmp", "abgr_v5.bmp", "bgra.bmp", "rgba_v4.bmp"] and len(files) == 5
+    assert {p.rsplit("/", 1)[1]: r for p, r in skipped} == {
+        "rgba.bmp": "unreadable image header (Unsupported BMP bitfields layout)",
+        "rgba_alphabitfields.bmp": "unreadable image header (Unsupported BMP compression (6))"}
+    for name in ("abgr.bmp", "rgba_v4.bmp", "abgr_v5.bmp", "bgra.bmp"):
+        assert by_name[name].use_pil == (name != "bgra.bmp"), name
+        f = by_name[name]  # decoded as the training pipeline does
+        np.testing.assert_array_equal(folders._decode_file((tf.constant(f.path), tf.constant(f.use_pil))), rgb)
+    with pytest.raises(ValueError, match=r"rgba\.bmp.*Unsupported BMP bitfields layout"):
+        data.scan_image_folder(str(tmp_path), strict=True)

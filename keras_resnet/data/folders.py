@@ -16,13 +16,14 @@ import numpy as np
 import tensorflow as tf
 
 from keras_resnet.data.source import AUTOTUNE, SourceInfo, _Source, _Split, _channel_stats, _decode_bytes
-from keras_resnet.image_guard import DEFAULT_MAX_PIXELS, header_pixels
+from keras_resnet.image_guard import DEFAULT_MAX_PIXELS, header_pixels, refused_bmp
 
 log = logging.getLogger("keras_resnet.data")
 
 # Decoded by tf.io.decode_image (fast, C++); the exported model accepts the same.
 TF_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP")
-# Decoded by Pillow: TensorFlow cannot read them, or (palette BMP) reads them wrongly.
+# Decoded by Pillow: TensorFlow cannot read them, or (palette BMP, bitfield BMP with
+# RGBA/ABGR masks) reads them wrongly.
 PIL_FORMATS = ("TIFF", "BMP", "PPM")
 PIL_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr",
              "I", "I;16", "I;16L", "I;16B", "I;16N")
@@ -80,6 +81,15 @@ def _gif_pixels(path):
     with open(path, "rb") as f:
         data = f.read()
     return float(header_pixels(tf.constant(data)).numpy())
+
+
+def _tf_misreads_bmp(path):
+    """Whether TensorFlow would decode this BMP wrongly (RGBA/ABGR bitfield masks,
+    16-bit, ...): the serving guard's own header check, so that training and
+    serving draw the line in the same place; those files go to Pillow."""
+    with open(path, "rb") as f:
+        head = f.read(4096)  # the header, the masks and a palette
+    return refused_bmp(head)
 
 
 def load_image(path, max_pixels=DEFAULT_MAX_PIXELS):
@@ -145,7 +155,7 @@ def inspect_image(path, max_pixels=DEFAULT_MAX_PIXELS, label=0):
                 "rejected before decoding" if pixels >= 0 else "unreadable GIF header")
     if width < 1 or height < 1:
         raise BadImageError(f"empty image ({width}x{height})")
-    if fmt in TF_FORMATS and not (fmt == "BMP" and mode not in ("RGB", "RGBA")):
+    if fmt in TF_FORMATS and not (fmt == "BMP" and (mode not in ("RGB", "RGBA") or _tf_misreads_bmp(path))):
         return ImageFile(path, label, height, width, use_pil=False)
     if fmt in PIL_FORMATS and mode in PIL_MODES:
         return ImageFile(path, label, height, width, use_pil=True)
