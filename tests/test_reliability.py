@@ -387,3 +387,87 @@ def test_bitfield_bmps_never_decode_with_swapped_channels(tmp_path):
         np.testing.assert_array_equal(folders._decode_file((tf.constant(f.path), tf.constant(f.use_pil))), rgb)
     with pytest.raises(ValueError, match=r"rgba\.bmp.*Unsupported BMP bitfields layout"):
         data.scan_image_folder(str(tmp_path), strict=True)
+
+
+def _in_thread(fn, timeout=60):
+    """Runs `fn` in a daemon thread: a stream that drops every element forever
+    must fail the test, not hang it. Returns `fn`'s exception or None."""
+    import threading
+
+    out = {"error": None}
+
+    def run():
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            out["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"no error and no element for {timeout} s: the pipeline drops elements forever"
+    return out["error"]
+
+
+def _iterate_in_thread(iterator, count, timeout=60):
+    """Takes `count` elements (see `_in_thread`). Returns (elements, error)."""
+    items = []
+    error = _in_thread(lambda: [items.append(next(iterator)) for _ in range(count)], timeout)
+    return items, error
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_files_vanishing_mid_run_stop_the_pipeline(tmp_path, cache, caplog):
+    """An uncached folder pipeline whose share is unmounted mid-run used to drop
+    every element forever (ignore_errors on an endless stream): training hung."""
+    import logging
+    import shutil
+
+    import tensorflow as tf
+
+    from keras_resnet.data import source
+
+    root = tmp_path / "photos"
+    _class_folder_with_images(root, n=6)
+    train, evals, _ = data.make_pipelines(str(root), 2, validation_split=0.25, cache=cache, augment=None,
+                                          image_size=8)
+    it = iter(train)
+    items, error = _iterate_in_thread(it, 3)
+    assert len(items) == 3 and error is None
+    moved = tmp_path / "unmounted"
+    shutil.move(str(root), str(moved))  # every file gone at once
+    with caplog.at_level(logging.WARNING, logger="keras_resnet.data"):
+        items, error = _iterate_in_thread(it, 1000)
+    if cache:  # the first epoch is in memory: nothing is read again
+        assert error is None and len(items) == 1000
+        return
+    assert isinstance(error, tf.errors.InvalidArgumentError), error
+    assert source.UNREADABLE_MESSAGE in str(error) and "unmounted" in str(error)
+    assert "photos/a/0.png: it cannot be read any more" in caplog.text.replace(str(tmp_path) + "/", "")
+    # Evaluation (finite) fails the same way rather than evaluating on nothing.
+    _, error = _iterate_in_thread(iter(evals), 10)
+    assert isinstance(error, tf.errors.InvalidArgumentError) and "evaluation: " in str(error)
+
+
+def test_training_stops_with_a_clear_message_when_the_files_vanish(tmp_path):
+    import shutil
+    import types
+
+    from keras_resnet import training
+
+    root = tmp_path / "photos"
+    _class_folder_with_images(root, n=6)
+    train, _, _ = data.make_pipelines(str(root), 2, validation_split=0.0, cache=False, augment=None,
+                                      image_size=8)
+    shutil.rmtree(root)
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inputs)))
+    model.compile(optimizer="sgd", loss="categorical_crossentropy")
+    backup = types.SimpleNamespace(backup_dir=str(tmp_path / "backup"), model=None)
+    error = _in_thread(lambda: training._fit(model, train, None, epochs=1, steps_per_epoch=100, callbacks=[],
+                                             backup=backup, verbose=0, run_dir=str(tmp_path)))
+    assert isinstance(error, training.TrainingInterrupted), error
+    text = str(error)
+    assert text.startswith("Training stopped: training: 33 of 33 image files could not be read any more "
+                           "(33 in a row: deleted, or their share unmounted?)"), text
+    assert "\n" not in text and "rerun the same command" in text
