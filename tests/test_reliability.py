@@ -471,3 +471,70 @@ def test_training_stops_with_a_clear_message_when_the_files_vanish(tmp_path):
     assert text.startswith("Training stopped: training: 33 of 33 image files could not be read any more "
                            "(33 in a row: deleted, or their share unmounted?)"), text
     assert "\n" not in text and "rerun the same command" in text
+
+
+def test_eval_resize_reads_uint8_and_gives_the_same_values():
+    """The resize used to run on a float32 copy of the whole decoded image; it now
+    reads the uint8 image itself: the values must not change (the exported model
+    and the eval pipeline share it)."""
+    import tensorflow as tf
+
+    from keras_resnet.preprocessing import eval_resize
+
+    rng = np.random.default_rng(0)
+    for shape in ((37, 53, 3), (300, 200, 3), (2, 40, 41, 3), (32, 32, 3)):
+        x = rng.integers(0, 256, shape).astype(np.uint8)
+        for size, crop in (((32, 32), None), ((24, 24), 0.875), ((16, 20), None)):
+            got = eval_resize(tf.constant(x), size, crop)
+            want = eval_resize(tf.constant(x.astype(np.float32)), size, crop)
+            assert got.dtype == tf.float32
+            np.testing.assert_array_equal(got.numpy(), want.numpy())
+    # The serving graph casts after the resize: no full-size float32 image.
+    from keras_resnet import image_guard
+
+    graph = tf.function(lambda d: image_guard.decode_image(d, (32, 32), 0.875, index=tf.constant(0)),
+                        input_signature=[tf.TensorSpec([], tf.string)]).get_concrete_function().graph
+    casts = [op for op in graph.get_operations() if op.type == "Cast" and op.get_attr("SrcT") == tf.uint8]
+    assert not casts, [op.name for op in casts]
+
+
+_JPEG_RSS_SCRIPT = """
+import resource, sys
+import tensorflow as tf
+from keras_resnet import image_guard
+data = open(sys.argv[1], "rb").read()
+fn = tf.function(lambda d: image_guard.decode_image(d, (32, 32), 0.875, index=tf.constant(0)),
+                 input_signature=[tf.TensorSpec([], tf.string)])
+fn(open(sys.argv[2], "rb").read())  # traced and warmed up on a small image
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+assert fn(data).shape == (32, 32, 3)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+@pytest.mark.slow
+def test_a_large_allowed_jpeg_is_not_cast_to_float32_at_full_size(tmp_path):
+    """A 36-megapixel JPEG (under the default max_pixels) grew the serving decode's
+    peak RSS by ~960 MB (a float32 copy, 4x the decoded bytes, then a float32
+    resize); resizing the uint8 image keeps it near the decoded size (~115 MB)."""
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    side = 6000
+    grey = Image.linear_gradient("L").resize((side, side))
+    Image.merge("RGB", (grey, grey.rotate(90), grey.transpose(Image.FLIP_LEFT_RIGHT))).save(
+        tmp_path / "big.jpg", quality=80)
+    Image.new("RGB", (40, 40)).save(tmp_path / "small.jpg")
+    import keras_resnet
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(keras_resnet.__file__)))  # the code under test
+    proc = subprocess.run([sys.executable, "-c", _JPEG_RSS_SCRIPT, str(tmp_path / "big.jpg"),
+                           str(tmp_path / "small.jpg")], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=root))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    growth_mb = float(proc.stdout.split()[-1])
+    decoded_mb = side * side * 3 / 2 ** 20  # 103 MB of uint8
+    assert growth_mb < 2.5 * decoded_mb, f"peak RSS grew {growth_mb:.0f} MB decoding a {decoded_mb:.0f} MB image"
