@@ -538,3 +538,36 @@ def test_a_large_allowed_jpeg_is_not_cast_to_float32_at_full_size(tmp_path):
     growth_mb = float(proc.stdout.split()[-1])
     decoded_mb = side * side * 3 / 2 ** 20  # 103 MB of uint8
     assert growth_mb < 2.5 * decoded_mb, f"peak RSS grew {growth_mb:.0f} MB decoding a {decoded_mb:.0f} MB image"
+
+
+# The serving process of the hostile-request test: TensorFlow's runtime and the
+# small model take ~650 MB here, the allowed 36-megapixel JPEG ~115 MB more
+# (about 1,000 MB observed); a full-size float32 copy of that JPEG (the
+# previous main) or an unbounded batch of tiny images would pass the bound.
+HOSTILE_PEAK_RSS_MB = 1500
+
+
+@pytest.mark.slow
+def test_hostile_requests_to_the_saved_model_without_keras(tmp_path):
+    """Each kind of request once, in a process where keras cannot be imported:
+    good ones (PNG, JPEG batch, GIF, BGRA bitfield BMP, 64 tiny images, an allowed
+    36-megapixel JPEG) are answered as the Keras model answers; hostile ones
+    (5,000 tiny images, over-limit and header-bomb images, a GIF with a huge later
+    frame, RGBA/ABGR bitfield BMPs, garbage, empty, truncated, a good image beside
+    garbage) fail alone with InvalidArgument; peak RSS stays under the bound."""
+    h = _hostile()  # puts benchmarks/ on sys.path
+    import load_serving
+
+    manifest = load_serving.build(str(tmp_path))
+    kinds = manifest["kinds"]
+    assert {"many_tiny_images", "jpeg_huge_allowed", "gif_huge_later_frame", "bmp_rgba_masks", "garbage",
+            "empty", "truncated_png", "truncated_jpeg"} <= set(kinds) and h
+    report = load_serving.run_server_process(str(tmp_path), callers=1, requests=len(kinds))
+    assert report["keras_importable"] is False
+    assert report["unexpected"] == {}, (report["unexpected"], report["messages"])
+    assert all(sum(counts.values()) == 1 for counts in report["outcomes"].values()), report["outcomes"]
+    messages = {kind: text for kind, (_, text) in report["messages"].items()}
+    assert "holds 5000 images, more than max_batch_size=64" in messages["many_tiny_images"]
+    assert "non-BGR bitfield BMP" in messages["bmp_rgba_masks"]
+    assert "more than max_pixels" in messages["gif_huge_later_frame"]
+    assert report["peak_rss_mb"] < HOSTILE_PEAK_RSS_MB, report["peak_rss_mb"]
