@@ -249,7 +249,7 @@ def _open_run(config):
 
 def _finished_result(run):
     log.info("Run %s already finished; loading its results.", run.run_dir)
-    model = keras.saving.load_model(os.path.join(run.run_dir, "model.keras")) if run.chief else None
+    model = keras.saving.load_model(os.path.join(run.run_dir, "model.keras"), safe_mode=True) if run.chief else None
     with open(run.metrics_path) as f:
         return TrainResult(model, {}, json.load(f), run.run_dir)
 

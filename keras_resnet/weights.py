@@ -176,7 +176,7 @@ def load_weights(model, weights, depth=None, preact=False):
     if path.endswith(".weights.h5"):
         model.load_weights(path)
     elif path.endswith(".keras"):
-        source = keras.saving.load_model(path, compile=False)
+        source = keras.saving.load_model(path, compile=False, safe_mode=True)
         port_weights(source, model, strict=True)
     else:
         raise ValueError(
