@@ -84,22 +84,31 @@ def _as_str(path):
     return path.decode() if isinstance(path, bytes) else path
 
 
-def _read_or_nothing(path):
-    """A file's bytes, or b"" (logged once) when it cannot be read any more.
-
-    Not `tf.io.read_file`: its NotFound error can only be dropped by
-    `ignore_errors`, which then drops every element forever when a whole
-    share disappears; an empty result is counted instead (see
-    `pipeline._drop_unreadable`).
-    """
+def _note_unreadable(path):
+    """Names a file that could not be read at run time (once); runs only on failure."""
     path = _as_str(path)
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        if _gone(path, e):
-            return b""
-        raise
+    if path not in _UNREADABLE:
+        _UNREADABLE.add(path)
+        reason = "gone" if not os.path.exists(path) else "unreadable or changed since the check"
+        log.warning("Skipping %s: it cannot be read any more (%s).", path, reason)
+    return True
+
+
+def _read_or_nothing(path):
+    """A file's bytes, or b"" when reading fails (the file is then named once in the log).
+
+    Not a bare `tf.io.read_file`: its NotFound error could only be dropped by
+    `ignore_errors` on the whole stream, which drops every element forever when
+    a whole share disappears. A one-element dataset's own `ignore_errors`
+    turns the failure into an empty result that `pipeline._drop_unreadable`
+    counts and bounds; all in TensorFlow, no Python on the normal path.
+    """
+    data = (tf.data.Dataset.from_tensors(path).map(tf.io.read_file).ignore_errors()
+            .concatenate(tf.data.Dataset.from_tensors(tf.constant(b""))).take(1).get_single_element())
+    noted = tf.cond(tf.strings.length(data) > 0, lambda: tf.constant(True),
+                    lambda: tf.numpy_function(_note_unreadable, [path], tf.bool, stateful=True))
+    with tf.control_dependencies([noted]):
+        return tf.identity(data)
 
 
 def _pil_rgb_or_nothing(path):
@@ -121,8 +130,7 @@ def _decode_file(item):
         return tf.numpy_function(_pil_rgb_or_nothing, [path], tf.uint8, stateful=False)
 
     def with_tf():
-        data = tf.numpy_function(_read_or_nothing, [path], tf.string, stateful=False)
-        data.set_shape(())
+        data = _read_or_nothing(path)
         return tf.cond(tf.strings.length(data) > 0, lambda: _decode_bytes(data),
                        lambda: tf.constant(_EMPTY))
 

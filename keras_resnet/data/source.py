@@ -151,13 +151,16 @@ def _drop_unreadable(ds, what, image_of, finite=False):
         run = tf.where(gone, run + counted, tf.constant(0, tf.int64))
         within = ((tf.cast(missing, tf.float64) <= UNREADABLE_FLOOR + UNREADABLE_FRACTION * tf.cast(seen, tf.float64))
                   & (run <= UNREADABLE_FLOOR) & tf.logical_not(end & (seen > 0) & tf.equal(missing, seen)))
-        message = tf.strings.join([
-            f"{what}: ", tf.strings.as_string(missing), " of ", tf.strings.as_string(seen),
-            f" {UNREADABLE_MESSAGE} (", tf.strings.as_string(run), " in a row: deleted, or their share "
-            f"unmounted?), more than the {UNREADABLE_FLOOR} + {UNREADABLE_FRACTION:.0%} allowed, or all of them: "
-            "stopping. The skipped files are named in the log"])
-        with tf.control_dependencies([tf.debugging.Assert(within, [message])]):
-            gone = tf.identity(gone)
+        def fail():  # the message is built only when it is raised
+            message = tf.strings.join([
+                f"{what}: ", tf.strings.as_string(missing), " of ", tf.strings.as_string(seen),
+                f" {UNREADABLE_MESSAGE} (", tf.strings.as_string(run), " in a row: deleted, or their share "
+                f"unmounted?), more than the {UNREADABLE_FLOOR} + {UNREADABLE_FRACTION:.0%} allowed, or all of "
+                "them: stopping. The skipped files are named in the log"])
+            with tf.control_dependencies([tf.debugging.Assert(False, [message])]):
+                return tf.identity(gone)
+
+        gone = tf.cond(within, lambda: tf.identity(gone), fail)
         return (seen, missing, run), (element, gone)
 
     tagged = ds.map(lambda *element: (element[0] if len(element) == 1 else element, tf.constant(False)))
