@@ -191,7 +191,7 @@ def _load_run(path):
     if not os.path.exists(model_path):
         raise ValueError(f"No model found. Received: run={path!r} (expected a .keras file or a "
                          "run directory holding model.keras)")
-    return keras.saving.load_model(model_path, compile=False), run_config
+    return keras.saving.load_model(model_path, compile=False, safe_mode=True), run_config
 
 
 def _evaluate(args):

@@ -3,6 +3,11 @@
 `auto`: a TPU when one is attached, MultiWorkerMirroredStrategy when
 `TF_CONFIG` lists several workers, MirroredStrategy with more than one GPU,
 the default strategy otherwise.
+
+Security: TensorFlow's gRPC cluster traffic between the workers `TF_CONFIG`
+lists is neither authenticated nor encrypted (any host that reaches a
+worker's port can join or read it): run multi-worker jobs only on a private
+network you trust.
 """
 
 import json

@@ -272,7 +272,7 @@ def load_backbone(model, source, include_head=False):
         return port_weights(app, model, exclude=exclude)
     source = os.fspath(source)
     if source.endswith(".keras"):
-        return port_weights(keras.saving.load_model(source, compile=False), model, exclude=exclude)
+        return port_weights(keras.saving.load_model(source, compile=False, safe_mode=True), model, exclude=exclude)
     if source.endswith(".weights.h5"):
         # A weights file holds the whole model: load it all, then put the fresh head back.
         head = [l for l in model.layers if l.name == "predictions" and l.weights]

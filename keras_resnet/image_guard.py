@@ -118,11 +118,23 @@ def _gif_pixels(data, length):
     return tf.where(done | (pos >= length), pixels, tf.constant(np.inf, tf.float64))
 
 
+# The channel masks TensorFlow's BMP decoder assumes for 32-bit pixels: bytes
+# B, G, R(, A) in memory. It never reads the masks a BI_BITFIELDS (3) or
+# BI_ALPHABITFIELDS (6) file declares.
+_BMP_BGR_MASKS = (0x00FF0000, 0x0000FF00, 0x000000FF)
+
+
 def _bmp_header(data, length):
     """(code, pixels) of a BMP. TensorFlow's decoder reads the 40-byte
     BITMAPINFOHEADER layout, 24/32-bit pixels and 8-bit pixels as grey levels
     (ignoring the palette): other variants decode wrongly or not at all, so
-    they are refused unless the 8-bit palette is the identity grey ramp."""
+    they are refused unless the 8-bit palette is the identity grey ramp.
+
+    It also ignores the red/green/blue masks of a 32-bit BI_BITFIELDS or
+    BI_ALPHABITFIELDS file and always reads B, G, R: a file with RGBA or ABGR
+    masks would come out with swapped channels, so only the B, G, R masks are
+    accepted. The masks sit at byte 54 whatever the header size (after a
+    40-byte header, inside a V2-V5 one)."""
     header_size = _le(data, 14, 4)
     width = _le(data, 18, 4)
     height = _le(data, 22, 4)
@@ -139,8 +151,10 @@ def _bmp_header(data, length):
     is_grey = tf.cond((header_size >= 40) & (palette_at + 1024 <= length) & tf.equal(bpp, 8)
                       & (tf.equal(colors, 0) | tf.equal(colors, 256)),
                       grey_palette, lambda: tf.constant(False))
-    true_colour = ((tf.equal(bpp, 24) | tf.equal(bpp, 32))
-                   & (tf.equal(compression, 0) | tf.equal(compression, 3)))
+    bgr_masks = (tf.equal(_le(data, 54, 4), _BMP_BGR_MASKS[0]) & tf.equal(_le(data, 58, 4), _BMP_BGR_MASKS[1])
+                 & tf.equal(_le(data, 62, 4), _BMP_BGR_MASKS[2]))
+    bitfields = (tf.equal(compression, 3) | tf.equal(compression, 6)) & tf.equal(bpp, 32) & bgr_masks
+    true_colour = (tf.equal(bpp, 24) | tf.equal(bpp, 32)) & tf.equal(compression, 0) | bitfields
     ok = (header_size >= 40) & (true_colour | (is_grey & tf.equal(compression, 0)))
     return tf.where(ok, _BMP, _UNSUPPORTED), _area(width, height)
 
@@ -219,6 +233,21 @@ def header_pixels(data):
     return tf.where(code > 0, pixels, tf.constant(-1.0, tf.float64))
 
 
+def refused_bmp(data):
+    """Whether TensorFlow would misread this BMP (see `_bmp_header`): True for
+    the variants `serving_default` refuses, False for those it decodes.
+
+    For the folder loader, which hands the refused ones to Pillow (it reads
+    palettes and channel masks) instead of TensorFlow.
+
+    Args:
+        data: the file's bytes (its first few KB suffice: the header, the
+            masks and an 8-bit palette).
+    """
+    code, _ = image_header(tf.constant(data))
+    return int(code) == _UNSUPPORTED
+
+
 def _resize(images, image_size, crop_fraction):
     """`eval_resize`, skipping the resample at run time when a plain resize would
     be the identity (eval_resize only knows static shapes; requests have none)."""
@@ -250,8 +279,8 @@ def decode_image(data, image_size, crop_fraction=None, max_pixels=DEFAULT_MAX_PI
         tf.debugging.Assert(tf.not_equal(code, _UNKNOWN), [tf.strings.format(
             "image_bytes[{}] is not a JPEG, PNG, GIF, BMP or WebP image", index)]),
         tf.debugging.Assert(tf.not_equal(code, _UNSUPPORTED), [tf.strings.format(
-            "image_bytes[{}] is an unsupported variant (palette, RLE or 16-bit BMP; animated WebP): "
-            "convert it to PNG or JPEG", index)]),
+            "image_bytes[{}] is an unsupported variant (palette, RLE, 16-bit or non-BGR bitfield BMP; "
+            "animated WebP): convert it to PNG or JPEG", index)]),
         tf.debugging.Assert(pixels <= float(max_pixels), [tf.strings.join([
             "image_bytes[", tf.strings.as_string(index), "] has ", tf.strings.as_string(pixels, precision=0),
             f" pixels, more than max_pixels={max_pixels}: rejected before decoding"])]),

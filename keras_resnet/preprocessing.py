@@ -67,11 +67,17 @@ def eval_resize(images, image_size, crop_fraction=None):
     import tensorflow as tf
 
     height, width = int(image_size[0]), int(image_size[1])
-    images = tf.cast(images, tf.float32)
+    # No cast before the resize: the antialiased resize (ScaleAndTranslate) reads
+    # uint8 and writes float32 at the output size, so a large decoded image is
+    # never copied to float32 at full size (4x its bytes). Same values: uint8 ->
+    # float32 is exact either way.
+    images = tf.convert_to_tensor(images)
+    if images.dtype not in (tf.uint8, tf.float32):
+        images = tf.cast(images, tf.float32)
     if crop_fraction is None or crop_fraction >= 1.0:
         if images.shape[-3] == height and images.shape[-2] == width:
-            return images  # already the right size: no resampling, bit-exact
-        return tf.image.resize(images, (height, width), method="bilinear", antialias=True)
+            return tf.cast(images, tf.float32)  # already the right size: no resampling, bit-exact
+        return tf.cast(tf.image.resize(images, (height, width), method="bilinear", antialias=True), tf.float32)
     shape = tf.shape(images)
     h = tf.cast(shape[-3], tf.float32)
     w = tf.cast(shape[-2], tf.float32)
@@ -79,7 +85,8 @@ def eval_resize(images, image_size, crop_fraction=None):
     scale = target_short / tf.minimum(h, w)
     new_h = tf.cast(tf.math.ceil(h * scale), tf.int32)
     new_w = tf.cast(tf.math.ceil(w * scale), tf.int32)
-    images = tf.image.resize(images, tf.stack([new_h, new_w]), method="bilinear", antialias=True)
+    images = tf.cast(tf.image.resize(images, tf.stack([new_h, new_w]), method="bilinear", antialias=True),
+                     tf.float32)
     top = (new_h - height) // 2
     left = (new_w - width) // 2
     return images[..., top:top + height, left:left + width, :]

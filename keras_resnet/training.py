@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import platform
+import re
 import signal
 import sys
 import time
@@ -33,6 +34,7 @@ import tensorflow as tf
 from keras_resnet import callbacks as kr_callbacks
 from keras_resnet.atomic import atomic_save, write_json_atomic
 from keras_resnet import compat, distribute, optimizers
+from keras_resnet.data.source import UNREADABLE_MESSAGE
 from keras_resnet.hostinfo import StealMeter, steal_warning
 from keras_resnet.lookahead import Lookahead
 from keras_resnet.recipes import TrainConfig, get_recipe
@@ -292,7 +294,7 @@ def _open_run(config):
 
 def _finished_result(run):
     log.info("Run %s already finished; loading its results.", run.run_dir)
-    model = keras.saving.load_model(os.path.join(run.run_dir, "model.keras")) if run.chief else None
+    model = keras.saving.load_model(os.path.join(run.run_dir, "model.keras"), safe_mode=True) if run.chief else None
     with open(run.metrics_path) as f:
         return TrainResult(model, {}, json.load(f), run.run_dir)
 
@@ -454,6 +456,15 @@ def _fit(model, train_ds, eval_ds, *, epochs, steps_per_epoch, callbacks, backup
     try:
         fit = model.fit(train_ds, validation_data=eval_ds, epochs=epochs, shuffle=False,
                         steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose)
+    except tf.errors.InvalidArgumentError as e:
+        found = re.search(r"assertion failed: \[([^\]]*%s[^\]]*)\]" % re.escape(UNREADABLE_MESSAGE), str(e))
+        if not found:
+            raise
+        # Files gone mid-run (an unmounted share): the input pipeline's own stop.
+        raise TrainingInterrupted(
+            f"Training stopped: {found.group(1)}. The last saved state is intact in {backup.backup_dir}; "
+            f"make the files readable again and rerun the same command (same --output {run_dir}) to "
+            "resume.") from None
     except KeyboardInterrupt:
         if backup.model is not None:
             backup.save_now()

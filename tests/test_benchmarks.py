@@ -251,3 +251,16 @@ def test_bench_before_after_smoke(tmp_path):
     assert all(r["infer_img_s"] > 0 for r in rows.values())
     assert rows["after"]["infer_folded_img_s"] > 0 and "infer_folded_img_s" not in rows["before"]
     assert report["summary"]["after:resnet9_half:mixed_bfloat16:infer_img_s"]["vs_before"] > 0
+
+
+@pytest.mark.slow
+def test_load_serving_smoke(tmp_path):
+    """2 callers x 5 requests (the benchmark is 8 x 200): the report's fields, and
+    every request answered correctly or refused as its kind must be."""
+    out = tmp_path / "load.json"
+    run_script("load_serving.py", "--callers", 2, "--requests", 5, "--json", out)
+    report = json.loads(out.read_text())
+    assert report["requests"] == 10 and report["unexpected"] == {} and report["keras_importable"] is False
+    assert report["requests_per_second"] > 0 and 0 < report["latency_p50_ms"] <= report["latency_p99_ms"]
+    assert sum(sum(c.values()) for c in report["outcomes"].values()) == 10
+    assert 0 < report["peak_rss_mb"] < 3000

@@ -334,3 +334,240 @@ def test_a_mid_epoch_restore_rewinds_the_schedule_to_the_epoch_start(tmp_path):
     cb.set_model(fresh)
     cb.on_train_begin()
     assert int(fresh.optimizer.iterations.numpy()) == 20
+
+
+def _hostile():
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+    import hostile_images
+    return hostile_images
+
+
+def test_bitfield_bmps_never_decode_with_swapped_channels(tmp_path):
+    """TensorFlow ignores a 32-bit BI_BITFIELDS/BI_ALPHABITFIELDS BMP's masks and
+    reads B, G, R: RGBA/ABGR masks came out channel-swapped in serving and training."""
+    import tensorflow as tf
+
+    from keras_resnet import image_guard
+    from keras_resnet.data import folders
+
+    h = _hostile()
+    rgb = h.colourful(6, 5)
+    decode = tf.function(lambda b: image_guard.decode_image(b, (6, 5), index=tf.constant(0)),
+                         input_signature=[tf.TensorSpec([], tf.string)])
+    # The layout TensorFlow assumes decodes exactly, whatever the header size.
+    for compression, header in ((3, 40), (6, 40), (3, 108), (3, 124)):
+        np.testing.assert_array_equal(decode(h.bmp32(rgb, h.BGRA_MASKS, compression, header)).numpy(), rgb)
+    refused = {"rgba": h.bmp32(rgb, h.RGBA_MASKS), "abgr": h.bmp32(rgb, h.ABGR_MASKS),
+               "rgba_v4": h.bmp32(rgb, h.RGBA_MASKS, header_size=108),
+               "abgr_v5": h.bmp32(rgb, h.ABGR_MASKS, header_size=124),
+               "rgba_alphabitfields": h.bmp32(rgb, h.RGBA_MASKS, compression=6)}
+    for name, encoded in refused.items():
+        with pytest.raises(tf.errors.InvalidArgumentError, match="non-BGR bitfield BMP"):
+            decode(encoded)
+        assert image_guard.refused_bmp(encoded), name
+    # The folder loader: what Pillow reads correctly (V4/V5 masks) goes to Pillow,
+    # the rest is skipped and named (strict: a clear error). Nothing is swapped.
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        (tmp_path / cls / "bgra.bmp").write_bytes(h.bmp32(rgb, h.BGRA_MASKS))
+    for name, encoded in refused.items():
+        (tmp_path / "a" / f"{name}.bmp").write_bytes(encoded)
+    files, _, skipped, _ = data.scan_image_folder(str(tmp_path))
+    by_name = {f.path.rsplit("/", 1)[1]: f for f in files if f.label == 0}
+    assert sorted(by_name) == ["abgr.bmp", "abgr_v5.bmp", "bgra.bmp", "rgba_v4.bmp"] and len(files) == 5
+    assert {p.rsplit("/", 1)[1]: r for p, r in skipped} == {
+        "rgba.bmp": "unreadable image header (Unsupported BMP bitfields layout)",
+        "rgba_alphabitfields.bmp": "unreadable image header (Unsupported BMP compression (6))"}
+    for name in ("abgr.bmp", "rgba_v4.bmp", "abgr_v5.bmp", "bgra.bmp"):
+        assert by_name[name].use_pil == (name != "bgra.bmp"), name
+        f = by_name[name]  # decoded as the training pipeline does
+        np.testing.assert_array_equal(folders._decode_file((tf.constant(f.path), tf.constant(f.use_pil))), rgb)
+    with pytest.raises(ValueError, match=r"rgba\.bmp.*Unsupported BMP bitfields layout"):
+        data.scan_image_folder(str(tmp_path), strict=True)
+
+
+def _in_thread(fn, timeout=60):
+    """Runs `fn` in a daemon thread: a stream that drops every element forever
+    must fail the test, not hang it. Returns `fn`'s exception or None."""
+    import threading
+
+    out = {"error": None}
+
+    def run():
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            out["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"no error and no element for {timeout} s: the pipeline drops elements forever"
+    return out["error"]
+
+
+def _iterate_in_thread(iterator, count, timeout=60):
+    """Takes `count` elements (see `_in_thread`). Returns (elements, error)."""
+    items = []
+    error = _in_thread(lambda: [items.append(next(iterator)) for _ in range(count)], timeout)
+    return items, error
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_files_vanishing_mid_run_stop_the_pipeline(tmp_path, cache, caplog):
+    """An uncached folder pipeline whose share is unmounted mid-run used to drop
+    every element forever (ignore_errors on an endless stream): training hung."""
+    import logging
+    import shutil
+
+    import tensorflow as tf
+
+    from keras_resnet.data import source
+
+    root = tmp_path / "photos"
+    _class_folder_with_images(root, n=6)
+    train, evals, _ = data.make_pipelines(str(root), 2, validation_split=0.25, cache=cache, augment=None,
+                                          image_size=8)
+    it = iter(train)
+    items, error = _iterate_in_thread(it, 3)
+    assert len(items) == 3 and error is None
+    moved = tmp_path / "unmounted"
+    shutil.move(str(root), str(moved))  # every file gone at once
+    with caplog.at_level(logging.WARNING, logger="keras_resnet.data"):
+        items, error = _iterate_in_thread(it, 1000)
+    if cache:  # the first epoch is in memory: nothing is read again
+        assert error is None and len(items) == 1000
+        return
+    assert isinstance(error, tf.errors.InvalidArgumentError), error
+    assert source.UNREADABLE_MESSAGE in str(error) and "unmounted" in str(error)
+    assert "photos/a/0.png: it cannot be read any more" in caplog.text.replace(str(tmp_path) + "/", "")
+    # Evaluation (finite) fails the same way rather than evaluating on nothing.
+    _, error = _iterate_in_thread(iter(evals), 10)
+    assert isinstance(error, tf.errors.InvalidArgumentError) and "evaluation: " in str(error)
+
+
+def test_training_stops_with_a_clear_message_when_the_files_vanish(tmp_path):
+    import shutil
+    import types
+
+    from keras_resnet import training
+
+    root = tmp_path / "photos"
+    _class_folder_with_images(root, n=6)
+    train, _, _ = data.make_pipelines(str(root), 2, validation_split=0.0, cache=False, augment=None,
+                                      image_size=8)
+    shutil.rmtree(root)
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inputs)))
+    model.compile(optimizer="sgd", loss="categorical_crossentropy")
+    backup = types.SimpleNamespace(backup_dir=str(tmp_path / "backup"), model=None)
+    error = _in_thread(lambda: training._fit(model, train, None, epochs=1, steps_per_epoch=100, callbacks=[],
+                                             backup=backup, verbose=0, run_dir=str(tmp_path)))
+    assert isinstance(error, training.TrainingInterrupted), error
+    text = str(error)
+    assert text.startswith("Training stopped: training: 33 of 33 image files could not be read any more "
+                           "(33 in a row: deleted, or their share unmounted?)"), text
+    assert "\n" not in text and "rerun the same command" in text
+
+
+def test_eval_resize_reads_uint8_and_gives_the_same_values():
+    """The resize used to run on a float32 copy of the whole decoded image; it now
+    reads the uint8 image itself: the values must not change (the exported model
+    and the eval pipeline share it)."""
+    import tensorflow as tf
+
+    from keras_resnet.preprocessing import eval_resize
+
+    rng = np.random.default_rng(0)
+    for shape in ((37, 53, 3), (300, 200, 3), (2, 40, 41, 3), (32, 32, 3)):
+        x = rng.integers(0, 256, shape).astype(np.uint8)
+        for size, crop in (((32, 32), None), ((24, 24), 0.875), ((16, 20), None)):
+            got = eval_resize(tf.constant(x), size, crop)
+            want = eval_resize(tf.constant(x.astype(np.float32)), size, crop)
+            assert got.dtype == tf.float32
+            np.testing.assert_array_equal(got.numpy(), want.numpy())
+    # The serving graph casts after the resize: no full-size float32 image.
+    from keras_resnet import image_guard
+
+    graph = tf.function(lambda d: image_guard.decode_image(d, (32, 32), 0.875, index=tf.constant(0)),
+                        input_signature=[tf.TensorSpec([], tf.string)]).get_concrete_function().graph
+    casts = [op for op in graph.get_operations() if op.type == "Cast" and op.get_attr("SrcT") == tf.uint8]
+    assert not casts, [op.name for op in casts]
+
+
+_JPEG_RSS_SCRIPT = """
+import resource, sys
+import tensorflow as tf
+from keras_resnet import image_guard
+data = open(sys.argv[1], "rb").read()
+fn = tf.function(lambda d: image_guard.decode_image(d, (32, 32), 0.875, index=tf.constant(0)),
+                 input_signature=[tf.TensorSpec([], tf.string)])
+fn(open(sys.argv[2], "rb").read())  # traced and warmed up on a small image
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+assert fn(data).shape == (32, 32, 3)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+@pytest.mark.slow
+def test_a_large_allowed_jpeg_is_not_cast_to_float32_at_full_size(tmp_path):
+    """A 36-megapixel JPEG (under the default max_pixels) grew the serving decode's
+    peak RSS by ~960 MB (a float32 copy, 4x the decoded bytes, then a float32
+    resize); resizing the uint8 image keeps it near the decoded size (~115 MB)."""
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    side = 6000
+    grey = Image.linear_gradient("L").resize((side, side))
+    Image.merge("RGB", (grey, grey.rotate(90), grey.transpose(Image.FLIP_LEFT_RIGHT))).save(
+        tmp_path / "big.jpg", quality=80)
+    Image.new("RGB", (40, 40)).save(tmp_path / "small.jpg")
+    import keras_resnet
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(keras_resnet.__file__)))  # the code under test
+    proc = subprocess.run([sys.executable, "-c", _JPEG_RSS_SCRIPT, str(tmp_path / "big.jpg"),
+                           str(tmp_path / "small.jpg")], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=root))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    growth_mb = float(proc.stdout.split()[-1])
+    decoded_mb = side * side * 3 / 2 ** 20  # 103 MB of uint8
+    assert growth_mb < 2.5 * decoded_mb, f"peak RSS grew {growth_mb:.0f} MB decoding a {decoded_mb:.0f} MB image"
+
+
+# The serving process of the hostile-request test: TensorFlow's runtime and the
+# small model take ~650 MB here, the allowed 36-megapixel JPEG ~115 MB more
+# (about 1,000 MB observed); a full-size float32 copy of that JPEG (the
+# previous main) or an unbounded batch of tiny images would pass the bound.
+HOSTILE_PEAK_RSS_MB = 1500
+
+
+@pytest.mark.slow
+def test_hostile_requests_to_the_saved_model_without_keras(tmp_path):
+    """Each kind of request once, in a process where keras cannot be imported:
+    good ones (PNG, JPEG batch, GIF, BGRA bitfield BMP, 64 tiny images, an allowed
+    36-megapixel JPEG) are answered as the Keras model answers; hostile ones
+    (5,000 tiny images, over-limit and header-bomb images, a GIF with a huge later
+    frame, RGBA/ABGR bitfield BMPs, garbage, empty, truncated, a good image beside
+    garbage) fail alone with InvalidArgument; peak RSS stays under the bound."""
+    h = _hostile()  # puts benchmarks/ on sys.path
+    import load_serving
+
+    manifest = load_serving.build(str(tmp_path))
+    kinds = manifest["kinds"]
+    assert {"many_tiny_images", "jpeg_huge_allowed", "gif_huge_later_frame", "bmp_rgba_masks", "garbage",
+            "empty", "truncated_png", "truncated_jpeg"} <= set(kinds) and h
+    report = load_serving.run_server_process(str(tmp_path), callers=1, requests=len(kinds))
+    assert report["keras_importable"] is False
+    assert report["unexpected"] == {}, (report["unexpected"], report["messages"])
+    assert all(sum(counts.values()) == 1 for counts in report["outcomes"].values()), report["outcomes"]
+    messages = {kind: text for kind, (_, text) in report["messages"].items()}
+    assert "holds 5000 images, more than max_batch_size=64" in messages["many_tiny_images"]
+    assert "non-BGR bitfield BMP" in messages["bmp_rgba_masks"]
+    assert "more than max_pixels" in messages["gif_huge_later_frame"]
+    assert report["peak_rss_mb"] < HOSTILE_PEAK_RSS_MB, report["peak_rss_mb"]

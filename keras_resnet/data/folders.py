@@ -15,14 +15,16 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from keras_resnet.data.source import AUTOTUNE, SourceInfo, _Source, _Split, _channel_stats, _decode_bytes
-from keras_resnet.image_guard import DEFAULT_MAX_PIXELS, header_pixels
+from keras_resnet.data.source import (
+    AUTOTUNE, SourceInfo, _Source, _Split, _channel_stats, _decode_bytes, _drop_unreadable)
+from keras_resnet.image_guard import DEFAULT_MAX_PIXELS, header_pixels, refused_bmp
 
 log = logging.getLogger("keras_resnet.data")
 
 # Decoded by tf.io.decode_image (fast, C++); the exported model accepts the same.
 TF_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP")
-# Decoded by Pillow: TensorFlow cannot read them, or (palette BMP) reads them wrongly.
+# Decoded by Pillow: TensorFlow cannot read them, or (palette BMP, bitfield BMP with
+# RGBA/ABGR masks) reads them wrongly.
 PIL_FORMATS = ("TIFF", "BMP", "PPM")
 PIL_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr",
              "I", "I;16", "I;16L", "I;16B", "I;16N")
@@ -54,23 +56,85 @@ def _pil_rgb(path):
     and 16-bit scaled, like the TensorFlow decoder does for the other formats."""
     from PIL import Image
 
-    path = path.item() if isinstance(path, np.ndarray) else path  # numpy_function passes a 0-d array
-    path = path.decode() if isinstance(path, bytes) else path
-    with Image.open(path) as im:
+    with Image.open(_as_str(path)) as im:  # numpy_function passes a 0-d bytes array
         if im.mode.startswith("I"):  # 16/32-bit integer grey: scale 0-65535 to 0-255
             grey = np.asarray(im, dtype=np.float64)
             im = Image.fromarray(np.clip(np.round(grey / 257.0), 0, 255).astype(np.uint8))
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
+# Files named as unreadable at run time, so that each is logged once, not every epoch.
+_UNREADABLE = set()
+_EMPTY = np.zeros((0, 0, 3), np.uint8)
+
+
+def _gone(path, error):
+    """Whether `error` means the file itself cannot be read any more (deleted,
+    an unmounted share, permissions): OS errors carry an errno, a decoder's do not."""
+    if not isinstance(error, OSError) or error.errno is None:
+        return False
+    if path not in _UNREADABLE:
+        _UNREADABLE.add(path)
+        log.warning("Skipping %s: it cannot be read any more (%s).", path, error.strerror or error)
+    return True
+
+
+def _as_str(path):
+    path = path.item() if isinstance(path, np.ndarray) else path
+    return path.decode() if isinstance(path, bytes) else path
+
+
+def _note_unreadable(path):
+    """Names a file that could not be read at run time (once); runs only on failure."""
+    path = _as_str(path)
+    if path not in _UNREADABLE:
+        _UNREADABLE.add(path)
+        reason = "gone" if not os.path.exists(path) else "unreadable or changed since the check"
+        log.warning("Skipping %s: it cannot be read any more (%s).", path, reason)
+    return True
+
+
+def _read_or_nothing(path):
+    """A file's bytes, or b"" when reading fails (the file is then named once in the log).
+
+    Not a bare `tf.io.read_file`: its NotFound error could only be dropped by
+    `ignore_errors` on the whole stream, which drops every element forever when
+    a whole share disappears. A one-element dataset's own `ignore_errors`
+    turns the failure into an empty result that `pipeline._drop_unreadable`
+    counts and bounds; all in TensorFlow, no Python on the normal path.
+    """
+    data = (tf.data.Dataset.from_tensors(path).map(tf.io.read_file).ignore_errors()
+            .concatenate(tf.data.Dataset.from_tensors(tf.constant(b""))).take(1).get_single_element())
+    noted = tf.cond(tf.strings.length(data) > 0, lambda: tf.constant(True),
+                    lambda: tf.numpy_function(_note_unreadable, [path], tf.bool, stateful=True))
+    with tf.control_dependencies([noted]):
+        return tf.identity(data)
+
+
+def _pil_rgb_or_nothing(path):
+    """`_pil_rgb`, or an empty image (logged once) when the file cannot be read any more."""
+    try:
+        return _pil_rgb(path)
+    except OSError as e:
+        if _gone(_as_str(path), e):
+            return _EMPTY
+        raise
+
+
 def _decode_file(item):
-    """`(path, use_pil)` -> uint8 RGB `[H, W, 3]`."""
+    """`(path, use_pil)` -> uint8 RGB `[H, W, 3]`; `[0, 0, 3]` when the file
+    cannot be read any more (a valid image has at least one pixel)."""
     path, use_pil = item
 
     def with_pil():
-        return tf.numpy_function(_pil_rgb, [path], tf.uint8, stateful=False)
+        return tf.numpy_function(_pil_rgb_or_nothing, [path], tf.uint8, stateful=False)
 
-    image = tf.cond(use_pil, with_pil, lambda: _decode_bytes(tf.io.read_file(path)))
+    def with_tf():
+        data = _read_or_nothing(path)
+        return tf.cond(tf.strings.length(data) > 0, lambda: _decode_bytes(data),
+                       lambda: tf.constant(_EMPTY))
+
+    image = tf.cond(use_pil, with_pil, with_tf)
     image.set_shape((None, None, 3))
     return image
 
@@ -80,6 +144,15 @@ def _gif_pixels(path):
     with open(path, "rb") as f:
         data = f.read()
     return float(header_pixels(tf.constant(data)).numpy())
+
+
+def _tf_misreads_bmp(path):
+    """Whether TensorFlow would decode this BMP wrongly (RGBA/ABGR bitfield masks,
+    16-bit, ...): the serving guard's own header check, so that training and
+    serving draw the line in the same place; those files go to Pillow."""
+    with open(path, "rb") as f:
+        head = f.read(4096)  # the header, the masks and a palette
+    return refused_bmp(head)
 
 
 def load_image(path, max_pixels=DEFAULT_MAX_PIXELS):
@@ -145,7 +218,7 @@ def inspect_image(path, max_pixels=DEFAULT_MAX_PIXELS, label=0):
                 "rejected before decoding" if pixels >= 0 else "unreadable GIF header")
     if width < 1 or height < 1:
         raise BadImageError(f"empty image ({width}x{height})")
-    if fmt in TF_FORMATS and not (fmt == "BMP" and mode not in ("RGB", "RGBA")):
+    if fmt in TF_FORMATS and not (fmt == "BMP" and (mode not in ("RGB", "RGBA") or _tf_misreads_bmp(path))):
         return ImageFile(path, label, height, width, use_pil=False)
     if fmt in PIL_FORMATS and mode in PIL_MODES:
         return ImageFile(path, label, height, width, use_pil=True)
@@ -184,7 +257,7 @@ def _verify_decodes(files):
     sums, counts = np.zeros((len(files), 2, 3)), np.zeros((len(files),))
     decoded = np.zeros(len(files), bool)
     for index, s, count in ds.as_numpy_iterator():
-        decoded[index], sums[index], counts[index] = True, s, count
+        decoded[index], sums[index], counts[index] = count > 0, s, count  # 0: unreadable since listed
     good = [f for f, ok in zip(files, decoded) if ok]
     failures = [(f, _decode_failure(f)) for f, ok in zip(files, decoded) if not ok]
     return good, failures, (sums[decoded], counts[decoded])
@@ -193,10 +266,10 @@ def _verify_decodes(files):
 def _decode_failure(file):
     """Why a file failed to decode (re-run eagerly, once, for the message)."""
     try:
-        _decode_file((tf.constant(file.path), tf.constant(file.use_pil)))
+        image = _decode_file((tf.constant(file.path), tf.constant(file.use_pil)))
     except Exception as e:  # InvalidArgumentError, UnknownError from Pillow, ...
         return f"cannot be decoded: {_tf_error_text(e)}"
-    return "cannot be decoded"
+    return "cannot be read (vanished since the listing?)" if tf.size(image) == 0 else "cannot be decoded"
 
 
 def _class_folders(path):
@@ -357,7 +430,9 @@ def from_directory(path, validation_split=0.0, seed=0, *, subset=None, strict=Fa
     def build(chosen, order_seed):
         part = _files_split(chosen, seed=order_seed)
         ds = part.ds.map(lambda item, y: (part.decode(item), y), num_parallel_calls=AUTOTUNE)
-        return ds.ignore_errors(log_warning=True), SourceInfo(
+        ds = _drop_unreadable(ds.ignore_errors(log_warning=True), "image folder", lambda e: e[0],
+                              finite=True)
+        return ds, SourceInfo(
             name, len(names), names, part.num_examples, part.fixed_size, tuple(skipped))
 
     train = build([f for f, e in zip(files, is_eval) if not e], seed)

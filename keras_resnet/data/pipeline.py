@@ -16,6 +16,7 @@ The training stream is endless (`repeat()` before `shuffle()`), so `fit` needs
     train: [take(max_examples)] -> shard -> decode (+ resize/shrink) -> cache -> repeat ->
            shuffle(seed) -> enumerate -> map(augment, AUTOTUNE) -> batch(drop_remainder) ->
            [mixup/cutmix] -> prefetch
+           (uncached files: ... enumerate -> map(decode) -> drop unreadable -> map(augment) ...)
     eval:  shard -> decode -> cache -> map(eval_resize, AUTOTUNE) -> batch -> prefetch
 
 Caching holds decoded uint8 images and is skipped (with a log line) when the
@@ -34,7 +35,7 @@ import tensorflow as tf
 from keras_resnet import augment as aug
 from keras_resnet.data.arrays import _arrays_source, load_npz
 from keras_resnet.data.folders import _folder_source
-from keras_resnet.data.source import AUTOTUNE, IMAGENET_CROP_FRACTION, DatasetInfo, _channel_stats
+from keras_resnet.data.source import AUTOTUNE, IMAGENET_CROP_FRACTION, DatasetInfo, _channel_stats, _drop_unreadable
 from keras_resnet.data.tfds_source import _tfds_source
 from keras_resnet.image_guard import DEFAULT_MAX_PIXELS
 
@@ -159,6 +160,12 @@ def _should_cache(cache, split, nbytes, budget, what):
     return True
 
 
+def _decode_files(ds, what, image_of, finite=False):
+    """After a map that decodes files: drops a file that changed since it was
+    checked (now corrupt) or vanished (unreadable), failing when too many vanish."""
+    return _drop_unreadable(ds.ignore_errors(log_warning=True), what, image_of, finite)
+
+
 def _shrink(image, short_side):
     """Resizes so the shorter side is at most `short_side` (uint8 kept)."""
     shape = tf.shape(image)
@@ -262,9 +269,12 @@ def _train_pipeline(split, plan, budget):
         # image, 3x the JPEG decode): crop from the full-resolution image.
         prepare = lambda image: image  # noqa: E731
     if cached:
-        ds = ds.map(lambda item, y, *ids: (prepare(decode(item)), y, *ids), num_parallel_calls=AUTOTUNE)
         if split.may_fail:
-            ds = ds.ignore_errors(log_warning=True)
+            ds = _decode_files(ds.map(lambda item, y, *ids: (decode(item), y, *ids), num_parallel_calls=AUTOTUNE),
+                               "training", lambda e: e[0], finite=True)  # one pass, then the cache
+            ds = ds.map(lambda image, y, *ids: (prepare(image), y, *ids), num_parallel_calls=AUTOTUNE)
+        else:
+            ds = ds.map(lambda item, y, *ids: (prepare(decode(item)), y, *ids), num_parallel_calls=AUTOTUNE)
         ds = ds.cache()
     # Shuffle the endless stream with a fixed seed and no per-iterator
     # reshuffle: the order is a pure function of the seed however many
@@ -280,9 +290,13 @@ def _train_pipeline(split, plan, budget):
     base_seed = _seed_for(plan.seed, 0)
     flip_seed = _seed_for(plan.seed, 2)
 
+    # Files read every epoch: decoded in a stage of their own, so that files
+    # vanishing mid-run are counted and bounded (`_drop_unreadable`).
+    decoded = split.may_fail and not cached
+
     def train_map(index, example):
         item, y, *ids = example
-        image = item if cached else prepare(decode(item))
+        image = item if cached else prepare(item if decoded else decode(item))
         seed = tf.random.experimental.stateless_fold_in(base_seed, index)
         # The pass over the data this element belongs to (the shuffle buffer
         # blurs the boundary by a few thousand elements).
@@ -297,9 +311,10 @@ def _train_pipeline(split, plan, budget):
         # the same order and the same per-element seeds, skipped before the
         # (costly) decode and augmentation.
         ds = ds.skip(plan.initial_step * plan.per_replica_batch)
+    if decoded:
+        ds = _decode_files(ds.map(lambda index, example: (index, (decode(example[0]), *example[1:])),
+                                  num_parallel_calls=AUTOTUNE), "training", lambda e: e[1][0])
     ds = ds.map(train_map, num_parallel_calls=AUTOTUNE)
-    if split.may_fail and not cached:
-        ds = ds.ignore_errors(log_warning=True)  # a file changed since it was checked
     ds = ds.batch(plan.per_replica_batch, drop_remainder=True)
     if plan.mixup_alpha or plan.cutmix_alpha:
         mix_seed = _seed_for(plan.seed, 1)
@@ -316,7 +331,7 @@ def _eval_pipeline(split, plan, budget):
     decode = split.decode
     ds = ds.map(lambda item, y: (decode(item), y), num_parallel_calls=AUTOTUNE)
     if split.may_fail:
-        ds = ds.ignore_errors(log_warning=True)
+        ds = _decode_files(ds, "evaluation", lambda e: e[0], finite=True)
     local = dataclasses.replace(split, num_examples=num)
     # Cache the decoded originals, not resized floats: eval_resize must run on
     # the original image to match the exported model bit for bit.

@@ -121,6 +121,60 @@ def _decode_bytes(data):
     return image
 
 
+# Files that vanish mid-run (deleted, or a whole share unmounted) are skipped, each
+# named once in the log, up to UNREADABLE_FLOOR + UNREADABLE_FRACTION x (images
+# read) and UNREADABLE_FLOOR in a row; past that the pipeline fails with
+# UNREADABLE_MESSAGE instead of dropping every element of an endless stream forever.
+UNREADABLE_FLOOR = 32
+UNREADABLE_FRACTION = 0.1
+UNREADABLE_MESSAGE = "image files could not be read any more"
+
+
+def _drop_unreadable(ds, what, image_of, finite=False):
+    """Drops the elements whose decoded image is empty (a file unreadable at run
+    time, see `folders._decode_file`), failing past the bounds above.
+
+    Args:
+        ds: decoded elements, any structure.
+        what: "training" or "evaluation", for the message.
+        image_of: element -> its uint8 image.
+        finite: `ds` ends (one pass): it also fails at its end when every
+            file was unreadable, however few (a small evaluation split whose
+            share is gone must not evaluate on nothing).
+    """
+    def check(state, tagged):
+        seen, missing, run = state
+        element, end = tagged
+        gone = tf.equal(tf.size(image_of(element)), 0) | end
+        counted = tf.cast(tf.logical_not(end), tf.int64)
+        seen, missing = seen + counted, missing + tf.cast(gone, tf.int64) * counted
+        run = tf.where(gone, run + counted, tf.constant(0, tf.int64))
+        within = ((tf.cast(missing, tf.float64) <= UNREADABLE_FLOOR + UNREADABLE_FRACTION * tf.cast(seen, tf.float64))
+                  & (run <= UNREADABLE_FLOOR) & tf.logical_not(end & (seen > 0) & tf.equal(missing, seen)))
+        def fail():  # the message is built only when it is raised
+            message = tf.strings.join([
+                f"{what}: ", tf.strings.as_string(missing), " of ", tf.strings.as_string(seen),
+                f" {UNREADABLE_MESSAGE} (", tf.strings.as_string(run), " in a row: deleted, or their share "
+                f"unmounted?), more than the {UNREADABLE_FLOOR} + {UNREADABLE_FRACTION:.0%} allowed, or all of "
+                "them: stopping. The skipped files are named in the log"])
+            with tf.control_dependencies([tf.debugging.Assert(False, [message])]):
+                return tf.identity(gone)
+
+        gone = tf.cond(within, lambda: tf.identity(gone), fail)
+        return (seen, missing, run), (element, gone)
+
+    tagged = ds.map(lambda *element: (element[0] if len(element) == 1 else element, tf.constant(False)))
+    if finite:  # an end marker: an empty image, flagged
+        spec = tagged.element_spec[0]
+        end = tf.nest.map_structure(
+            lambda s: tf.zeros([0 if d is None else d for d in s.shape], s.dtype), spec)
+        tagged = tagged.concatenate(tf.data.Dataset.from_tensors((end, tf.constant(True))))
+    zero = tf.constant(0, tf.int64)
+    return (tagged.scan((zero, zero, zero), check)
+            .filter(lambda element, gone: tf.logical_not(gone))
+            .map(lambda element, gone: element))
+
+
 def _channel_stats(sums, counts):
     """`{"mean", "std"}` (0-255 scale, 3 decimals) from per-image channel sums."""
     total = counts.sum()

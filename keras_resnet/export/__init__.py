@@ -123,7 +123,7 @@ def export_run(run_dir, output, format="saved_model", **kwargs):
     if os.path.exists(config_path):
         with open(config_path) as f:
             data = (json.load(f) or {}).get("data") or {}
-    model = keras.saving.load_model(model_path, compile=False)
+    model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
     kwargs.setdefault("class_names", data.get("class_names"))
     kwargs.setdefault("crop_fraction", data.get("crop_fraction"))
     if data.get("image_size") and None in tuple(model.input_shape[1:3]):

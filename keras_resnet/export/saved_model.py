@@ -101,7 +101,7 @@ def _serving_functions(core, num_classes, image_size, crop_fraction, class_names
         return outputs(_resize(bounded(images), size, crop_fraction))
 
     def predict_images_uint8(images):
-        return outputs(_resize(tf.cast(bounded(images), tf.float32), size, crop_fraction))
+        return outputs(_resize(bounded(images), size, crop_fraction))  # uint8 until resized
 
     return {
         "serving_default": tf.function(serve, autograph=False, input_signature=[

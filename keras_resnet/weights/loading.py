@@ -80,7 +80,7 @@ def load(model, weights, depth=None, preact=False, skip_head="auto"):
         model.load_weights(path)
         return [layer.name for layer in model.layers if layer.weights]
     if path.endswith(".keras"):
-        source = keras.saving.load_model(path, compile=False)
+        source = keras.saving.load_model(path, compile=False, safe_mode=True)
         return port_weights(source, model, strict=True)
     if torch_convert.is_torch_checkpoint(path):
         loaded = torch_convert.load_torch_checkpoint(model, path, skip_head=skip_head)
