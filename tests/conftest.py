@@ -31,6 +31,18 @@ def cifar10_dir():
     return path
 
 
+@pytest.fixture
+def no_downloads(monkeypatch):
+    """Any attempt to fetch a file fails the test instead of reaching the network."""
+    from keras.src.utils import file_utils
+
+    def refuse(fname=None, origin=None, *args, **kwargs):
+        raise AssertionError(f"test tried to download {origin or fname!r}")
+
+    monkeypatch.setattr(file_utils, "get_file", refuse)
+    monkeypatch.setattr(keras.utils, "get_file", refuse)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_keras_state():
     """Every test starts from the same seed, float32 policy and a clean session."""

@@ -12,15 +12,8 @@ APPS = ("ResNet50", "ResNet101", "ResNet152", "ResNet50V2", "ResNet101V2", "ResN
 
 
 @pytest.fixture(autouse=True)
-def no_downloads(monkeypatch):
-    """Any attempt to fetch a file fails the test instead of reaching the network."""
-    from keras.src.utils import file_utils
-
-    def refuse(fname=None, origin=None, *args, **kwargs):
-        raise AssertionError(f"test tried to download {origin or fname!r}")
-
-    monkeypatch.setattr(file_utils, "get_file", refuse)
-    monkeypatch.setattr(keras.utils, "get_file", refuse)
+def _refuse_downloads(no_downloads):
+    """Every test here runs with downloads refused (conftest's `no_downloads`)."""
 
 
 @pytest.fixture

@@ -54,15 +54,8 @@ SLOW = ("resnext50_32x4d", "se_resnet50", "resnet50d")
 
 
 @pytest.fixture(autouse=True)
-def no_downloads(monkeypatch):
-    """Any attempt to fetch a file fails the test instead of reaching the network."""
-    from keras.src.utils import file_utils
-
-    def refuse(fname=None, origin=None, *args, **kwargs):
-        raise AssertionError(f"test tried to download {origin or fname!r}")
-
-    monkeypatch.setattr(file_utils, "get_file", refuse)
-    monkeypatch.setattr(keras.utils, "get_file", refuse)
+def _refuse_downloads(no_downloads):
+    """Every test here runs with downloads refused (conftest's `no_downloads`)."""
 
 
 def _randomize(model, seed):
