@@ -10,7 +10,7 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from keras_resnet.layers import (  # noqa: F401
     BasicBlock, BottleneckBlock, DropPath, FusedBatchNormalization, PreActBasicBlock, PreActBottleneckBlock,
-    ResidualBlock, ResNet9Block, SqueezeExcite, ZeroPadShortcut, walk_layers)
+    PatchWhitening, ResidualBlock, ResNet9Block, SqueezeExcite, ZeroPadShortcut, walk_layers)
 from keras_resnet.models import ResNet, build_resnet, build_resnet9, feature_extractor  # noqa: F401
 from keras_resnet.registry import create_model, list_models, model_config  # noqa: F401
 from keras_resnet import callbacks, finetune, optimizers  # noqa: F401
@@ -70,6 +70,7 @@ SEResNet101 = _named("se_resnet101")
 ResNet14W2 = _named("resnet14_w2")
 ResNet9 = _named("resnet9")
 ResNet9Half = _named("resnet9_half")
+ResNet9Whiten = _named("resnet9_whiten")
 WideResNet16_4 = _named("wrn16_4")
 WideResNet16_8 = _named("wrn16_8")
 WideResNet28_10 = _named("wrn28_10")

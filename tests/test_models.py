@@ -34,6 +34,10 @@ REFERENCE = {
     # 2 * 2,240 BN, 5,120 head. Half width: every filter count halved.
     "resnet9": (6_573_120, 0, "by hand: Page 2018 DAWNBench ResNet-9 (6.5M)"),
     "resnet9_half": (1_646_112, 0, "by hand: ResNet-9 with half the filters"),
+    # resnet9_half with a 2x2 whitening stem (24 outputs: only its bias trains) and
+    # BatchNorm without scales: 24 + 13,824 + 73,728 + 73,728 + 294,912 + 1,179,648
+    # convs, 1,088 BN biases, 2,560 head.
+    "resnet9_whiten": (1_639_512, 0, "by hand: resnet9_half, whitening stem, no BN scales"),
     "resnet18": (11_689_512, 0, TV), "resnet34": (21_797_672, 0, TV),
     "resnet50": (25_557_032, 0, TV), "resnet101": (44_549_160, 0, TV),
     "resnet152": (60_192_808, 0, TV), "resnet200": (64_673_832, 0, "timm resnet200"),
@@ -115,7 +119,8 @@ def _check_structure(name, model):
         depth -= 2  # WRN-d-k counts d = 6n + 4, the two downsampling shortcut convs included
     if name.startswith("resnet9"):
         # Its transition convs sit outside the residual units: count every layer.
-        weighted = [l for l in all_layers(model) if isinstance(l, (keras.layers.Conv2D, keras.layers.Dense))]
+        weighted = [l for l in all_layers(model)
+                    if isinstance(l, (keras.layers.Conv2D, keras.layers.Dense, kr.layers.PatchWhitening))]
         assert len(weighted) == depth, f"{name}: {len(weighted)} layers"
     else:
         assert depth_of(model) == depth, f"{name}: {depth_of(model)} layers"
