@@ -149,8 +149,8 @@ RECIPES = {
     "cifar10_airbench": dict(
         dataset="cifar10", model="resnet9_whiten", batch_size=512, optimizer="sgd",
         learning_rate=0.75, reference_batch_size=512, momentum=0.85, nesterov=True,
-        weight_decay=1.33e-3, weight_decay_mode="l2", schedule="onecycle", warmup_epochs=4,
-        initial_lr_fraction=0.2, final_lr_fraction=0.07, epochs=18, label_smoothing=0.2,
+        weight_decay=1.33e-3, weight_decay_mode="l2", schedule="onecycle", warmup_epochs=5,
+        initial_lr_fraction=0.2, final_lr_fraction=0.07, epochs=22, label_smoothing=0.2,
         augment="cifar", flip="alternating", crop_padding=2, crop_pad_mode="reflect",
         bn_bias_lr_multiplier=64.0, lookahead_every=5, precision="auto", tta_flip=True,
         tta_translate=1, model_options={"bn_momentum": 0.4, "stage_filters": (64, 256, 256)},
