@@ -704,10 +704,16 @@ class PatchWhitening(layers.Layer):
                              f"{self.filters // (2 * k * k)}. Received: images.shape={images.shape}")
         if not np.all(np.isfinite(images)):
             raise ValueError("`images` contains NaN or infinite values.")
-        # Patches as rows of k*k*C values in the (kh, kw, c) order of a Keras kernel.
-        windows = np.lib.stride_tricks.sliding_window_view(images, (k, k), axis=(1, 2))
-        patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, k * k * images.shape[-1])
-        covariance = patches.T @ patches / len(patches)
+        # Patches as rows of k*k*C values in the (kh, kw, c) order of a Keras
+        # kernel; summed a few images at a time to bound the memory.
+        dims = k * k * images.shape[-1]
+        covariance, count = np.zeros((dims, dims)), 0
+        for start in range(0, len(images), 64):
+            windows = np.lib.stride_tricks.sliding_window_view(images[start:start + 64], (k, k), axis=(1, 2))
+            patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, dims)
+            covariance += patches.T @ patches
+            count += len(patches)
+        covariance /= count
         eigenvalues, eigenvectors = np.linalg.eigh(covariance)
         filters = eigenvectors / np.sqrt(np.maximum(eigenvalues, 0.0) + self.epsilon)
         kernel = np.concatenate([filters, -filters], axis=1)

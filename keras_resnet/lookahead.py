@@ -57,6 +57,9 @@ class Lookahead(keras.callbacks.Callback):
         return [v for v in self.model.variables if "float" in str(v.dtype)]
 
     def on_train_begin(self, logs=None):
+        # Counted here: a loss-scaled step with non-finite gradients does not
+        # advance the optimizer's own counter.
+        self._step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         self._variables = self._averaged()
         self._slow = [keras.ops.convert_to_numpy(v).copy() for v in self._variables]
 
@@ -69,11 +72,10 @@ class Lookahead(keras.callbacks.Callback):
             variable.assign(slow)
 
     def on_train_batch_end(self, batch, logs=None):
-        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-        if step % self.every == 0:
-            self.sync(self.decay(step))
+        self._step += 1
+        if self._step % self.every == 0:
+            self.sync(self.decay(self._step))
 
     def on_train_end(self, logs=None):
-        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-        if self._slow is not None and step >= self.total_steps:
+        if self._slow is not None and self._step >= self.total_steps:
             self.sync(1.0)  # keep the slow weights

@@ -116,6 +116,9 @@ def scale_learning_rates(optimizer, model, multipliers, group="default"):
     for path, m in multipliers.items():
         if isinstance(m, bool) or not isinstance(m, (int, float)) or m < 0:
             raise ValueError(f"Learning-rate multipliers must be numbers >= 0. Received: {path}={m!r}")
+    # Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer,
+    # which calls its inner optimizer's update: patch that one.
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
     state = getattr(optimizer, "_keras_resnet_lr_state", None)
     if state is None:
         state = _MultiplierState()

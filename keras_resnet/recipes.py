@@ -139,7 +139,8 @@ RECIPES = {
     ),
     # Keller Jordan's airbench94 tricks (2024) on a residual net: a patch-whitening
     # stem set from the data, BatchNorm scales fixed at 1, a 64x BatchNorm-bias
-    # learning rate, BatchNorm momentum 0.6 (torch's convention; Keras 0.4),
+    # learning rate, BatchNorm momentum 0.4 (Keras's convention: faster statistics
+    # than airbench's 0.6, the value these results were measured with),
     # lookahead every 5 steps, alternating flips, 2-pixel reflect-padded
     # translation, a triangular schedule 0.2 -> 1 -> 0.07 of the peak, and
     # multi-crop TTA. airbench's hyper-parameters at batch 512, in Keras's mean
@@ -179,9 +180,12 @@ def list_recipes():
 
 
 def get_recipe(name=DEFAULT_RECIPE, **overrides):
-    """The `TrainConfig` of recipe `name` with `overrides` applied."""
+    """The `TrainConfig` of recipe `name` with `overrides` applied; `model_options`
+    are merged into the recipe's (overriding one option keeps the others)."""
     if name not in RECIPES:
         raise ValueError(f"Unknown recipe. Received: recipe={name!r}. Valid recipes: {list_recipes()}")
     values = {**RECIPES[name], **overrides}
+    if overrides.get("model_options") and RECIPES[name].get("model_options"):
+        values["model_options"] = {**RECIPES[name]["model_options"], **overrides["model_options"]}
     values["recipe"] = name
     return TrainConfig.from_dict(values)

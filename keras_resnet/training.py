@@ -132,6 +132,14 @@ def _validate(config):
             config.bn_bias_lr_multiplier, (int, float)) or config.bn_bias_lr_multiplier < 0:
         raise ValueError("`bn_bias_lr_multiplier` must be a number >= 0. "
                          f"Received: bn_bias_lr_multiplier={config.bn_bias_lr_multiplier!r}")
+    for field, ok, expected in (
+            ("tta_translate", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an int >= 0"),
+            ("whitening_examples", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+             "a positive int"),
+            ("initial_lr_fraction", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+             and 0 <= v <= 1, "a number in [0, 1]")):
+        if not ok(getattr(config, field)):
+            raise ValueError(f"`{field}` must be {expected}. Received: {field}={getattr(config, field)!r}")
     if config.lookahead_every is not None and (isinstance(config.lookahead_every, bool) or not isinstance(
             config.lookahead_every, int) or config.lookahead_every < 1):
         raise ValueError("`lookahead_every` must be a positive int or None. "
@@ -170,7 +178,8 @@ def evaluate_model(model, eval_ds, tta_flip=False, tta_translate=0):
     inference = fold_batchnorm(model) if is_foldable_model(model) else model
 
     last = model.layers[-1]
-    softmax = getattr(getattr(last, "activation", None), "__name__", None) == "softmax"
+    softmax = (isinstance(last, keras.layers.Softmax)
+               or getattr(getattr(last, "activation", None), "__name__", None) == "softmax")
 
     def log_probs(images):  # eager: tracing a graph costs more than it saves on one pass
         p = np.asarray(inference(images, training=False), dtype=np.float32)
@@ -531,7 +540,8 @@ def train(config, *, train_data=None, eval_data=None, extra_callbacks=(), model_
     hook_status = model_hook(model) if model_hook is not None else None
     if hook_status:
         log.info("model_hook: %s", hook_status)
-    _adapt_whitening(model, train_ds, config.whitening_examples)
+    if not config.weights:  # loaded weights keep the filters their later layers learned with
+        _adapt_whitening(model, train_ds, config.whitening_examples)
     callbacks, backup, nan_guard = _make_callbacks(config, run, extra_callbacks, steps_per_epoch,
                                                    steps_per_epoch * epochs)
     history, seconds, steal_fraction = _fit(

@@ -281,7 +281,12 @@ def _train_pipeline(split, plan, budget):
     # iterators Keras or tf.distribute open (a reshuffling dataset advances
     # its seed with each new iterator); the buffer still reorders every epoch.
     buffer = num if (split.small_items and not cached) else min(num, SHUFFLE_BUFFER)
-    ds = ds.repeat().shuffle(max(buffer, 1), seed=plan.seed, reshuffle_each_iteration=False)
+    ds = ds.repeat()
+    if alternating:
+        # Number the passes before the shuffle: its buffer mixes neighbouring
+        # passes, so a position in the shuffled stream does not tell the pass.
+        ds = ds.enumerate().map(lambda j, example: (*example, j // max(num, 1)))
+    ds = ds.shuffle(max(buffer, 1), seed=plan.seed, reshuffle_each_iteration=False)
     transform = aug.train_transform(
         plan.augment, plan.image_size, crop_fraction=plan.crop_fraction,
         random_erasing_prob=plan.random_erasing, randaugment=plan.randaugment,
@@ -298,9 +303,8 @@ def _train_pipeline(split, plan, budget):
         item, y, *ids = example
         image = item if cached else prepare(item if decoded else decode(item))
         seed = tf.random.experimental.stateless_fold_in(base_seed, index)
-        # The pass over the data this element belongs to (the shuffle buffer
-        # blurs the boundary by a few thousand elements).
-        flip = aug.alternating_flip(ids[0], index // max(num, 1), flip_seed) if alternating else None
+        # ids = (example index, pass over the data) with alternating flips.
+        flip = aug.alternating_flip(ids[0], ids[1], flip_seed) if alternating else None
         return transform(image, seed, flip), labels(y)
 
     # The counter is assigned before the parallel map: each example's

@@ -216,6 +216,8 @@ def accelerate(model, cache_dir=None):
         if isinstance(layer, ResidualBlock):
             pairs += _block_pairs(layer)
     pairs = [(bn, relu) for bn, relu in pairs if not getattr(bn, "_keras_resnet_accelerated", False)]
+    # The kernel learns gamma and beta: BatchNorms without them keep TensorFlow's op.
+    pairs = [(bn, relu) for bn, relu in pairs if bn.scale and bn.center]
     for bn, relu in pairs:
         _accelerate_pair(bn, relu)
     if getattr(model, "train_function", None) is not None:
