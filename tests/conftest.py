@@ -31,6 +31,15 @@ def cifar10_dir():
     return path
 
 
+def tiny_image_arrays(seed=0):
+    """16 training and 8 test 32x32 uint8 images with two classes, as `make_pipelines` takes them."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return {"train": (rng.integers(0, 255, (16, 32, 32, 3), dtype=np.uint8), np.arange(16) % 2),
+            "test": (rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8), np.arange(8) % 2)}
+
+
 @pytest.fixture
 def no_downloads(monkeypatch):
     """Any attempt to fetch a file fails the test instead of reaching the network."""

@@ -266,9 +266,9 @@ def test_load_backbone_imagenet_refuses_the_v15_layout_by_name():
 
 
 def test_train_with_imagenet_weights_for_a_v1_model(fake_imagenet, tmp_path):
-    rng = np.random.default_rng(0)
-    arrays = {"train": (rng.integers(0, 255, (16, 32, 32, 3), dtype=np.uint8), np.arange(16) % 2),
-              "test": (rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8), np.arange(8) % 2)}
+    from tests.conftest import tiny_image_arrays
+
+    arrays = tiny_image_arrays()
     from keras_resnet import data
 
     train_ds, eval_ds, info = data.make_pipelines(arrays, 8, augment=None)

@@ -357,9 +357,9 @@ def test_load_backbone_and_train_with_a_tag(torch_models, tmp_path, fake_downloa
         finetune.load_backbone(kr.create_model("resnet18", num_classes=5, input_shape=(64, 64, 3)),
                                "torchvision_v1")
 
-    rng = np.random.default_rng(0)
-    arrays = {"train": (rng.integers(0, 255, (16, 32, 32, 3), dtype=np.uint8), np.arange(16) % 2),
-              "test": (rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8), np.arange(8) % 2)}
+    from tests.conftest import tiny_image_arrays
+
+    arrays = tiny_image_arrays()
     train_ds, eval_ds, info = data.make_pipelines(arrays, 8, augment=None)
     result = kr.train({"recipe": "cifar10_fast", "model": "resnet18", "weights": "torchvision_v1",
                        "epochs": 1, "batch_size": 8, "learning_rate": 1e-12, "weight_decay": 0.0,
